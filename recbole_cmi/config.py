@@ -1,0 +1,333 @@
+"""RecBole ``Config`` with recbole_cmi's model lookup and yaml layers.
+
+Internal (default) layers, lowest priority first: RecBole's own files (``overall.yaml``,
+``model/<Model>.yaml``, ``dataset/<dataset>.yaml``, ``quick_start_config/sequential.yaml``),
+then ours: ``properties/overall.yaml``, ``properties/model/<Model>.yaml``,
+``properties/dataset/<dataset>.yaml``. External sources (config files < config dict <
+command line) override all of them, as in RecBole.
+
+Two conveniences on top of RecBole:
+
+* ``train_neg_sample_args`` follows ``loss_type`` unless the user sets it: ``None`` for the
+  pointwise losses (CE and CMI's sampled softmax), one uniform negative for BPR. RecBole
+  otherwise raises for CE with sampling on, its most common configuration error.
+* ``data_path`` defaults to ``./dataset`` if ``./dataset/<name>/`` exists, else to the datasets
+  bundled with the package (``micro_video``). An unknown dataset is an error that names the
+  places searched: no download is ever attempted.
+
+And two checks (``_validate_values``, ``_unknown_key_warnings``):
+
+* values RecBole would accept and then fail on deep inside training (or silently misuse) raise
+  :class:`ConfigValueError` naming the key, the value and what is accepted: ``epochs`` (int >= 0),
+  ``train_batch_size``/``eval_batch_size`` (int >= 1), ``learning_rate`` (> 0),
+  ``weight_decay`` (>= 0), ``stopping_step`` (int >= 0), ``MAX_ITEM_LIST_LENGTH`` (int >= 2 for
+  sequential models), ``topk``, ``metrics``, ``valid_metric`` (a metric in ``metrics`` at a
+  cut-off in ``topk``) and ``train_neg_sample_args`` (None for loss_type CE, a sampling dict for BPR);
+* a key given by the user (file, dict or command line) that no RecBole or recbole_cmi yaml file
+  or code reads gets a one-line warning on stderr with the closest known key (RecBole accepts
+  arbitrary keys, so this never fails); ``quick_start.prepare`` also writes it to the log file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import numbers
+import os
+import re
+import sys
+from pathlib import Path
+
+import recbole.config
+import yaml
+from recbole.utils import ModelType
+
+from recbole_cmi.errors import ConfigValueError, DatasetError
+from recbole_cmi.paths import bundled_dataset_dir, bundled_datasets, properties_dir
+from recbole_cmi.utils import get_model
+
+BPR_DEFAULT_NEG_SAMPLING = {
+    "distribution": "uniform",
+    "sample_num": 1,
+    "alpha": 1.0,
+    "dynamic": False,
+    "candidate_num": 0,
+}
+
+
+# Keys RecBole sets or reads in code without a yaml default (distributed runs, derived values).
+_CODE_ONLY_KEYS = {
+    "model", "dataset", "config_files", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device",
+    "single_spec", "local_rank", "nproc", "world_size", "offset", "ip", "port", "valid_metric_bigger",
+}  # fmt: skip
+_CONFIG_KEY_IN_CODE = re.compile(r"""config(?:\[|\.get\(|,)\s*["']([A-Za-z_]\w*)["']""")
+
+
+def _yaml_keys(paths) -> set[str]:
+    keys = set()
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(loaded, dict):
+            keys.update(str(k) for k in loaded)
+    return keys
+
+
+def _code_keys(root: Path) -> set[str]:
+    keys = set()
+    for path in root.rglob("*.py"):
+        try:
+            keys.update(_CONFIG_KEY_IN_CODE.findall(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError):
+            continue
+    return keys
+
+
+@functools.cache
+def _recbole_config_keys() -> frozenset[str]:
+    from recbole.utils import argument_list
+
+    root = Path(recbole.__file__).resolve().parent
+    keys = set(_CODE_ONLY_KEYS)
+    for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):
+        keys.update(getattr(argument_list, name, []))
+    yaml_files = [p for p in (root / "properties").rglob("*.yaml") if p.name not in ("url.yaml", "kg_url.yaml")]
+    keys |= _yaml_keys(yaml_files)
+    keys |= _code_keys(root)
+    return frozenset(keys)
+
+
+@functools.lru_cache(maxsize=8)
+def _plugin_config_keys(properties: str) -> frozenset[str]:
+    keys = _yaml_keys(Path(properties).rglob("*.yaml"))
+    keys |= _code_keys(Path(__file__).resolve().parent)
+    return frozenset(keys)
+
+
+def known_config_keys() -> frozenset[str]:
+    """Every config key that RecBole 1.2.1 or recbole_cmi defines in a yaml file or reads in code."""
+    try:
+        plugin = _plugin_config_keys(str(properties_dir()))
+    except FileNotFoundError:
+        plugin = frozenset()
+    return _recbole_config_keys() | plugin
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Config(recbole.config.Config):
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, read_argv=True):
+        self._read_argv = read_argv
+        super().__init__(model, dataset, config_file_list, config_dict)
+        self.config_warnings = self._unknown_key_warnings()
+        for warning in self.config_warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+
+    def _load_config_files(self, file_list):
+        for path in file_list or []:
+            if not os.path.isfile(path):
+                raise ConfigValueError(f"config file not found: {path}")
+        try:
+            loaded = super()._load_config_files(file_list)
+        except yaml.YAMLError as err:
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            raise ConfigValueError(f"config file is not valid yaml: {first_line}") from err
+        except (TypeError, ValueError) as err:  # a yaml file whose top level is not a mapping
+            raise ConfigValueError(
+                f"config files must hold 'key: value' lines (a yaml mapping): {', '.join(map(str, file_list))}"
+            ) from err
+        return loaded
+
+    def _load_cmd_line(self):
+        # Library use (tests, Ray workers) passes everything through config_dict, never argv.
+        if not self._read_argv:
+            return {}
+        return super()._load_cmd_line()
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+        if model is None:
+            raise ConfigValueError("no model given: pass --model=<Model> (e.g. --model=CMI)")
+        if dataset is None and "dataset" not in self.external_config_dict:
+            raise ConfigValueError("no dataset given: pass --dataset=<name> (e.g. --dataset=micro_video)")
+        model_class = get_model(model) if isinstance(model, str) else model
+        return super()._get_model_and_dataset(model_class, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        root = properties_dir()
+        for path in (root / "overall.yaml", root / "model" / f"{model}.yaml", root / "dataset" / f"{dataset}.yaml"):
+            if path.is_file():
+                self._update_internal_config_dict(str(path))
+
+    def _set_default_parameters(self):
+        self.final_config_dict["data_path"] = self._resolve_data_root()
+        self._default_negative_sampling()
+        self._validate_values()
+        super()._set_default_parameters()
+
+    def _validate_values(self):
+        """Reject values RecBole would accept and fail on later; one ConfigValueError for all problems."""
+        cfg = self.final_config_dict
+        problems = []
+
+        def check(key, ok, requirement):
+            if key in cfg and not ok(cfg[key]):
+                problems.append(f"{key}={cfg[key]!r} ({requirement})")
+
+        check("epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0; 0 evaluates the untrained model")
+        check("train_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+        check("eval_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+        check("learning_rate", lambda v: _is_real(v) and v > 0, "a number > 0")
+        check("weight_decay", lambda v: v is None or (_is_real(v) and v >= 0), "a number >= 0")
+        check("stopping_step", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+        check("eval_step", _is_int, "an integer; <= 0 turns validation off")
+        check("seed", _is_int, "an integer")
+        if cfg.get("MODEL_TYPE") == ModelType.SEQUENTIAL:
+            check(
+                "MAX_ITEM_LIST_LENGTH",
+                lambda v: _is_int(v) and v >= 2,
+                "an integer >= 2: the longest history a sequential model sees",
+            )
+        topk_ok = self._check_topk(cfg, problems)
+        metrics_ok = self._check_metrics(cfg, problems)
+        if topk_ok and metrics_ok:
+            self._check_valid_metric(cfg, problems)
+        self._check_train_neg_sample_args(cfg, problems)
+        if problems:
+            raise ConfigValueError("invalid config value " + "; ".join(problems))
+
+    @staticmethod
+    def _check_topk(cfg, problems) -> bool:
+        topk = cfg.get("topk")
+        values = [topk] if not isinstance(topk, list) else topk
+        if not values or not all(_is_int(k) and k >= 1 for k in values):
+            problems.append(f"topk={topk!r} (a positive integer or a list of them, e.g. [10, 20])")
+            return False
+        return True
+
+    @staticmethod
+    def _check_metrics(cfg, problems) -> bool:
+        from recbole.evaluator import metric_types
+
+        metrics = cfg.get("metrics")
+        values = [metrics] if isinstance(metrics, str) else metrics
+        if not isinstance(values, list) or not values or not all(isinstance(m, str) for m in values):
+            problems.append(f"metrics={metrics!r} (a metric name or a list of them)")
+            return False
+        unknown = [m for m in values if m.lower() not in metric_types]
+        if unknown:
+            problems.append(
+                f"metrics={metrics!r} ({', '.join(map(repr, unknown))} unknown; RecBole has "
+                f"{', '.join(sorted(metric_types))}, case-insensitive)"
+            )
+            return False
+        return True
+
+    @staticmethod
+    def _check_valid_metric(cfg, problems) -> None:
+        from recbole.evaluator.register import metric_information
+
+        metrics = [cfg["metrics"]] if isinstance(cfg["metrics"], str) else cfg["metrics"]
+        topk = cfg["topk"] if isinstance(cfg["topk"], list) else [cfg["topk"]]
+        accepted = []
+        for metric in metrics:
+            name = metric.lower()
+            needs = metric_information.get(name, [])
+            if "rec.topk" in needs or "rec.items" in needs:
+                accepted += [f"{name}@{k}" for k in topk]
+            else:
+                accepted.append(name)
+        valid_metric = cfg.get("valid_metric")
+        if not isinstance(valid_metric, str) or valid_metric.lower() not in accepted:
+            problems.append(
+                f"valid_metric={valid_metric!r} (one of {', '.join(accepted)}: a metric in 'metrics' "
+                f"at a cut-off in 'topk', case-insensitive)"
+            )
+
+    def _check_train_neg_sample_args(self, cfg, problems) -> None:
+        if "train_neg_sample_args" not in cfg:
+            return
+        value = cfg["train_neg_sample_args"]
+        example = "{'distribution': 'uniform', 'sample_num': 1}"
+        loss_type = cfg.get("loss_type")
+        sampling = isinstance(value, dict) and str(value.get("distribution", "uniform")).lower() != "none"
+        if value is not None and value != "None" and not isinstance(value, dict):
+            problems.append(f"train_neg_sample_args={value!r} (None, or a dict such as {example})")
+        elif sampling and loss_type == "CE" and cfg.get("MODEL_TYPE") == ModelType.SEQUENTIAL:
+            problems.append(
+                f"train_neg_sample_args={value!r} (must be None with loss_type CE, which scores all items; "
+                f"negative sampling is for loss_type BPR)"
+            )
+        elif sampling:
+            distribution = value.get("distribution", "uniform")
+            sample_num = value.get("sample_num", 1)
+            if distribution not in ("uniform", "popularity"):
+                problems.append(
+                    f"train_neg_sample_args={value!r} (distribution must be 'uniform', 'popularity' or None)"
+                )
+            elif not (_is_int(sample_num) and sample_num >= 1):
+                problems.append(f"train_neg_sample_args={value!r} (sample_num must be an integer >= 1)")
+        elif loss_type == "BPR" and cfg.get("MODEL_TYPE") == ModelType.SEQUENTIAL:
+            problems.append(f"train_neg_sample_args={value!r} (loss_type BPR needs negatives, e.g. {example})")
+
+    def _unknown_key_warnings(self) -> list[str]:
+        known = known_config_keys()
+        lowered = {k.lower(): k for k in known}
+        warnings = []
+        for key in self.external_config_dict:
+            if key in known:
+                continue
+            close = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.75)
+            hint = f" (did you mean '{lowered[close[0]]}'?)" if close else ""
+            warnings.append(f"unknown config key '{key}'{hint}: neither RecBole nor recbole_cmi reads it")
+        return warnings
+        if "MODEL_INPUT_TYPE" not in self.final_config_dict and "loss_type" in self.final_config_dict:
+            # RecBole knows only CE and BPR; our other losses (CMI's sampled softmax) draw their
+            # negatives in a train-batch hook, so RecBole feeds them pointwise batches.
+            from recbole.utils import InputType
+
+            self.final_config_dict["MODEL_INPUT_TYPE"] = InputType.POINTWISE
+
+    def _default_negative_sampling(self):
+        if "train_neg_sample_args" in self.external_config_dict:
+            return
+        loss_type = self.final_config_dict.get("loss_type")
+        if loss_type == "BPR":
+            self.final_config_dict["train_neg_sample_args"] = dict(BPR_DEFAULT_NEG_SAMPLING)
+        elif loss_type is not None:
+            self.final_config_dict["train_neg_sample_args"] = None
+
+    def _resolve_data_root(self) -> str:
+        name = self.dataset
+        if name == "ml-100k":  # RecBole forces its bundled copy
+            return self.final_config_dict.get("data_path", "dataset/")
+        if "data_path" in self.external_config_dict:
+            roots = [self.external_config_dict["data_path"]]
+        else:
+            roots = [os.path.join(os.getcwd(), "dataset")]
+            try:
+                roots.append(str(bundled_dataset_dir()))
+            except FileNotFoundError:
+                pass
+        for root in roots:
+            if os.path.isdir(os.path.join(root, name)):
+                return os.path.abspath(root)
+        searched = ", ".join(os.path.join(os.path.abspath(r), name) for r in roots)
+        bundled = ", ".join(bundled_datasets()) or "none"
+        raise DatasetError(
+            f"unknown dataset '{name}': no folder {searched} (bundled datasets: {bundled}; "
+            f"for your own data put atomic files in <data_path>/{name}/{name}.inter and pass "
+            f"--data_path=<data_path>; nothing is downloaded)"
+        )

@@ -1,0 +1,92 @@
+"""Training data loader with train-only batch hooks.
+
+A hook is a callable ``hook(interaction) -> interaction`` that adds keys to the training batch
+(contrastive views, negative ids). Hooks run after RecBole's collation and negative sampling,
+on the training loader only, never at evaluation. A model declares its hooks through a
+``train_batch_hooks(config, dataset)`` classmethod; models without one get none. A hook
+that needs the live model (interest-aware negatives) defines ``bind_model(model)``. A hook
+that draws from its own ``torch.Generator`` (attribute ``generator``) has that generator's state
+saved in checkpoints with the loader's shuffling generator (``get_rng_state``/``set_rng_state``),
+so a resumed run draws the same batches and views as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import torch
+from recbole.data import data_preparation as recbole_data_preparation
+from recbole.data.dataloader import TrainDataLoader
+
+from recbole_cmi.errors import DatasetError
+from recbole_cmi.utils import get_model
+
+
+class HookedTrainDataLoader(TrainDataLoader):
+    def __init__(self, config, dataset, sampler, shuffle=False, hooks=()):
+        self.batch_hooks = list(hooks)
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+
+    def collate_fn(self, index):
+        interaction = super().collate_fn(index)
+        for hook in self.batch_hooks:
+            interaction = hook(interaction)
+        return interaction
+
+    def bind_model(self, model):
+        for hook in self.batch_hooks:
+            if hasattr(hook, "bind_model"):
+                hook.bind_model(model)
+
+    def get_rng_state(self) -> dict:
+        hooks = [
+            hook.generator.get_state() if isinstance(getattr(hook, "generator", None), torch.Generator) else None
+            for hook in self.batch_hooks
+        ]
+        return {"loader": self.generator.get_state(), "hooks": hooks}
+
+    def set_rng_state(self, state: dict) -> None:
+        self.generator.set_state(state["loader"])
+        for hook, hook_state in zip(self.batch_hooks, state.get("hooks") or []):
+            if hook_state is not None and isinstance(getattr(hook, "generator", None), torch.Generator):
+                hook.generator.set_state(hook_state)
+
+
+def data_preparation(config, dataset):
+    """RecBole's ``data_preparation`` with the model's train-only hooks on the training loader.
+
+    An empty split, or a ``topk`` cut-off above the number of items, is a :class:`DatasetError`
+    (RecBole would fail inside torch, or silently train without evaluating).
+    """
+    try:
+        train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
+    except ValueError as err:
+        if "num_samples should be a positive integer" not in str(err):
+            raise
+        raise DatasetError(_empty_split_message(config, "training")) from err
+    for name, loader in (("training", train_data), ("valid", valid_data), ("test", test_data)):
+        if name == "valid" and (config["eval_step"] or 0) <= 0:
+            continue
+        if loader is None or len(loader._dataset) == 0:
+            raise DatasetError(_empty_split_message(config, name))
+    topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    n_items = dataset.item_num - 1  # id 0 is padding
+    if any(isinstance(k, int) and k > n_items for k in topk):
+        raise DatasetError(
+            f"topk={config['topk']}: dataset '{config['dataset']}' has only {n_items} items after filtering; "
+            f"use cut-offs <= {n_items}"
+        )
+    model_class = get_model(config["model"])
+    build_hooks = getattr(model_class, "train_batch_hooks", None)
+    hooks = build_hooks(config, train_data._dataset) if build_hooks else []
+    train_data = HookedTrainDataLoader(
+        config, train_data._dataset, train_data._sampler, shuffle=config["shuffle"], hooks=hooks
+    )
+    return train_data, valid_data, test_data
+
+
+def _empty_split_message(config, name) -> str:
+    return (
+        f"the {name} split of dataset '{config['dataset']}' is empty: users have too few interactions "
+        f"for eval_args split={config['eval_args']['split']} (a sequential leave-one-out split needs "
+        f"2 per user for training, 3 for test, 4 for valid; user_inter_num_interval="
+        f"{config['user_inter_num_interval']})"
+    )

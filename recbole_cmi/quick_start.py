@@ -1,0 +1,197 @@
+"""Run a model end to end: ``run_recbole_cmi`` (train, validate, test) and helpers.
+
+Mirrors ``recbole.quick_start.run_recbole`` (same seeding order, same FLOPs pass, so a core
+model gives the same numbers through either) but resolves our models, uses our Trainer, and
+never imports Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from logging import getLogger
+
+from recbole_cmi.compat import disable_anomaly_mode, load_checkpoint
+from recbole_cmi.config import Config
+from recbole_cmi.errors import CheckpointError, DatasetError
+
+
+def create_dataset(config):
+    """Validate the atomic files, then build RecBole's dataset for ``config``."""
+    from recbole.data import create_dataset as recbole_create_dataset
+
+    from recbole_cmi.data.atomic import validate_atomic_files
+
+    summary = validate_atomic_files(config)
+    try:
+        dataset = recbole_create_dataset(config)
+    except ValueError as err:
+        if "Some feat is empty" not in str(err):
+            raise
+        raise DatasetError(_nothing_left(config, summary)) from err
+    if dataset.inter_num == 0:
+        raise DatasetError(_nothing_left(config, summary))
+    return dataset
+
+
+def _nothing_left(config, summary) -> str:
+    files = "; ".join(
+        f"{path}: {s['rows']} rows, {s['users']} users, at most {s['max_user_rows']} per user"
+        for path, s in (summary or {}).items()
+    )
+    return (
+        f"dataset '{config['dataset']}' has no interactions left after filtering "
+        f"(user_inter_num_interval={config['user_inter_num_interval']}, "
+        f"item_inter_num_interval={config['item_inter_num_interval']}, val_interval={config['val_interval']})"
+        + (f"; before filtering {files}" if files else "")
+    )
+
+
+def _log_to_files(level, message):
+    """Write to the log file(s) only: the console already got the message on stderr."""
+    logger = getLogger()
+    record = logger.makeRecord(logger.name, level, __file__, 0, message, None, None)
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _reset_logging():
+    # RecBole's init_logger uses logging.basicConfig, which is a no-op once handlers exist.
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+
+
+def prepare(model=None, dataset=None, config_file_list=None, config_dict=None, read_argv=False):
+    """Config, dataset, loaders and an initialised model, seeded as RecBole does."""
+    from recbole.data.transform import construct_transform
+    from recbole.utils import get_flops, init_logger, init_seed, set_color
+
+    from recbole_cmi.data.dataloader import data_preparation
+    from recbole_cmi.utils import get_model
+
+    config = Config(model, dataset, config_file_list, config_dict, read_argv=read_argv)
+    init_seed(config["seed"], config["reproducibility"])
+    _reset_logging()
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    for warning in getattr(config, "config_warnings", []):
+        _log_to_files(logging.WARNING, warning)
+    logger.info(config)
+    data = create_dataset(config)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    disable_anomaly_mode()
+    logger.info(net)
+    flops = get_flops(net, data, config["device"], logger, construct_transform(config))
+    logger.info(set_color("FLOPs", "blue") + f": {flops}")
+    return config, data, (train_data, valid_data, test_data), net
+
+
+def run_recbole_cmi(
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    config_dict=None,
+    saved=True,
+    read_argv=False,
+    callback_fn=None,
+    resume=None,
+    evaluate_test=True,
+):
+    """Train ``model`` on ``dataset``, evaluate the best checkpoint on the test set.
+
+    ``resume`` continues a run from one of its checkpoints (see ``recbole_cmi.trainer``): the
+    ``-last.pth`` file, or the best-model file, whose ``-last`` sibling is then used if newer.
+    ``epochs`` is the total, not the number of further epochs.
+
+    ``callback_fn(epoch_idx, valid_score)`` runs after every validation (Ray Tune reports
+    through it); ``evaluate_test=False`` skips the test set (searches test only their best
+    trial, with :func:`evaluate_checkpoint`).
+
+    Returns a dict with ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
+    ``test_result`` (None when not evaluated), ``saved_model_file`` (None when ``saved`` is
+    False) and ``config``.
+    """
+    from recbole.utils import set_color
+
+    from recbole_cmi.utils import get_trainer
+
+    if resume and not os.path.isfile(str(resume)):
+        raise CheckpointError(f"checkpoint file not found: {resume}")
+    config, _, (train_data, valid_data, test_data), net = prepare(
+        model, dataset, config_file_list, config_dict, read_argv
+    )
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    if resume:
+        trainer.resume_checkpoint(resume)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn
+    )
+    test_result = (
+        trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+        if evaluate_test
+        else None
+    )
+    logger = getLogger()
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+    return {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+        "saved_model_file": trainer.saved_model_file if saved else None,
+        "config": config,
+    }
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    """RecBole's tuning objective (``HyperTuning``), for our models and core ones."""
+    result = run_recbole_cmi(config_dict=config_dict, config_file_list=config_file_list, saved=saved)
+    result["model"] = result["config"]["model"]
+    del result["config"], result["saved_model_file"]
+    return result
+
+
+def load_data_and_model(model_file):
+    """Rebuild config, dataset, loaders and the trained model from one of our checkpoints.
+
+    Loads on the CPU whatever device trained the model.
+    """
+    from recbole.utils import init_seed
+
+    from recbole_cmi.data.dataloader import data_preparation
+    from recbole_cmi.utils import get_model
+
+    try:
+        checkpoint = load_checkpoint(model_file, map_location="cpu")
+        config = checkpoint["config"]
+    except Exception as err:
+        raise CheckpointError(f"cannot read checkpoint {model_file}: {err}") from err
+    config["device"] = __import__("torch").device("cpu")
+    config["gpu_id"] = ""
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset)
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    disable_anomaly_mode()
+    return config, model, dataset, train_data, valid_data, test_data
+
+
+def evaluate_checkpoint(model_file, split="test"):
+    """Evaluate a saved checkpoint on its dataset's ``"valid"`` or ``"test"`` split."""
+    from recbole_cmi.utils import get_trainer
+
+    config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    return trainer.evaluate(valid_data if split == "valid" else test_data, load_best_model=False)

@@ -1,0 +1,263 @@
+"""RecBole's Trainer with what our runs need on top.
+
+* Checkpoints are loaded with ``weights_only=False`` (they pickle RecBole's ``Config``), only
+  for files this run wrote or the user named, and written atomically (temp file, fsync, rename),
+  so a kill while saving never leaves a corrupt or partial checkpoint: the previous one stays.
+* Two checkpoints per run: RecBole's best-model file ``<Model>-<time>.pth`` (written when the
+  validation score improves; the test set is evaluated with it) and ``<Model>-<time>-last.pth``,
+  rewritten after every validation. Both also hold the random number generator states (Python,
+  NumPy, torch, CUDA, the training loader's shuffling generator and any hook generator) and the
+  best validation result, so ``resume_checkpoint`` continues exactly where the run stopped: a run
+  resumed from the last checkpoint ends with the same weights and metrics as one that was never
+  interrupted. Given the best-model file, ``resume_checkpoint`` switches to its ``-last`` sibling
+  when that one is newer; a plain RecBole checkpoint (no RNG states) resumes as RecBole does.
+  ``save_last_checkpoint: False`` skips the ``-last`` file (one write less per epoch for very
+  large models); resuming then restarts from the best epoch, as in RecBole.
+  A checkpoint of another model or dataset, or a file that is no checkpoint, is a
+  :class:`CheckpointError`.
+* Train-batch hooks that need the live model (interest-aware negatives) get it at ``fit``.
+* A non-finite loss stops training with :class:`NonFiniteLossError`, naming the loss component;
+  the best and last checkpoints are left as they were.
+* Anomaly mode is off while we train (see ``recbole_cmi.compat``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+from recbole.trainer import Trainer as RecBoleTrainer
+from recbole.utils import set_color
+
+from recbole_cmi.compat import disable_anomaly_mode, load_checkpoint
+from recbole_cmi.errors import CheckpointError, NonFiniteLossError
+
+__all__ = ["CheckpointMixin", "NonFiniteLossError", "Trainer", "last_checkpoint_path"]
+
+
+def last_checkpoint_path(saved_model_file) -> str:
+    """``saved/SASRec-<time>.pth`` -> ``saved/SASRec-<time>-last.pth``."""
+    root, ext = os.path.splitext(str(saved_model_file))
+    return f"{root}-last{ext or '.pth'}"
+
+
+def atomic_torch_save(state, target) -> None:
+    """Write ``state`` to ``target`` so that ``target`` is either the old file or the complete new one."""
+    target = str(target)
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f, pickle_protocol=4)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def capture_rng_state(train_data=None) -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if train_data is not None:
+        if hasattr(train_data, "get_rng_state"):
+            state["train_data"] = train_data.get_rng_state()
+        elif isinstance(getattr(train_data, "generator", None), torch.Generator):
+            state["train_data"] = {"loader": train_data.generator.get_state()}
+    return state
+
+
+def restore_rng_state(state: dict, train_data=None) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    loader_state = state.get("train_data")
+    if loader_state is not None and train_data is not None:
+        if hasattr(train_data, "set_rng_state"):
+            train_data.set_rng_state(loader_state)
+        elif isinstance(getattr(train_data, "generator", None), torch.Generator):
+            train_data.generator.set_state(loader_state["loader"])
+
+
+class CheckpointMixin:
+    """Checkpoint I/O and exact resumption, shared by our Trainer and any core model-specific trainer."""
+
+    _train_data = None
+    _pending_rng_state = None
+    _resumed = False
+
+    @property
+    def last_model_file(self) -> str:
+        return last_checkpoint_path(self.saved_model_file)
+
+    def _checkpoint_state(self, epoch, kind) -> dict:
+        return {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "best_valid_result": self.best_valid_result,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng_state": capture_rng_state(self._train_data),
+            "kind": kind,
+            "best_model_file": os.path.basename(self.saved_model_file),
+        }
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        target = kwargs.pop("saved_model_file", self.saved_model_file)
+        atomic_torch_save(self._checkpoint_state(epoch, "best"), target)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {target}")
+
+    def _save_last_checkpoint(self, epoch):
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        if self.config["save_last_checkpoint"] is False:  # unset (None) means on
+            return
+        atomic_torch_save(self._checkpoint_state(epoch, "last"), self.last_model_file)
+
+    def _load_own_checkpoint(self, path) -> dict:
+        path = str(path)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"checkpoint file not found: {path}")
+        try:
+            checkpoint = load_checkpoint(path, map_location=self.device)
+        except Exception as err:  # a truncated or foreign file
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {first_line}") from err
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise CheckpointError(f"{path} is not a RecBole/recbole_cmi checkpoint (no 'state_dict' entry)")
+        saved_config = checkpoint.get("config")
+        for key in ("model", "dataset"):
+            saved = _config_value(saved_config, key)
+            if saved is not None and saved != self.config[key]:
+                raise CheckpointError(f"checkpoint {path} was written for {key} '{saved}', not '{self.config[key]}'")
+        return checkpoint
+
+    def _load_model_state(self, checkpoint, path):
+        try:
+            self.model.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as err:
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this model's settings (was it trained with other "
+                f"hyperparameters?): {first_line}"
+            ) from err
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+
+    def resume_checkpoint(self, resume_file):
+        resume_file = str(resume_file)
+        checkpoint = self._load_own_checkpoint(resume_file)
+        if checkpoint.get("kind") != "last":
+            last_file = last_checkpoint_path(resume_file)
+            if os.path.isfile(last_file):
+                last = self._load_own_checkpoint(last_file)
+                if last["epoch"] >= checkpoint["epoch"]:
+                    self.logger.info(
+                        f"{resume_file} holds the best model (epoch {checkpoint['epoch']}); continuing from "
+                        f"the run's last checkpoint {last_file} (epoch {last['epoch']})"
+                    )
+                    checkpoint, resume_file = last, last_file
+        if checkpoint.get("kind") == "last":
+            best_file = os.path.join(os.path.dirname(resume_file), checkpoint["best_model_file"])
+            if not os.path.isfile(best_file):
+                raise CheckpointError(f"{resume_file} belongs to a run whose best checkpoint {best_file} is missing")
+            self.saved_model_file = best_file
+        else:
+            self.saved_model_file = resume_file
+        self._load_model_state(checkpoint, resume_file)
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"checkpoint {resume_file}: the optimizer state does not fit (learner changed?): {err}"
+            ) from err
+        self.start_epoch = checkpoint["epoch"] + 1
+        self.cur_step = checkpoint["cur_step"]
+        self.best_valid_score = checkpoint["best_valid_score"]
+        self.best_valid_result = checkpoint.get("best_valid_result")
+        self._pending_rng_state = checkpoint.get("rng_state")
+        self._resumed = True
+        self.logger.info(f"Checkpoint {resume_file} loaded. Resume training from epoch {self.start_epoch}")
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._train_data = train_data
+        if self._pending_rng_state is not None:
+            restore_rng_state(self._pending_rng_state, train_data)
+            self._pending_rng_state = None
+        if self._resumed and (self.start_epoch >= self.epochs or self.cur_step > self.stopping_step):
+            self.logger.info(f"Nothing left to train: the resumed run had reached epoch {self.start_epoch - 1}")
+            self.eval_collector.data_collect(train_data)  # as RecBole's fit does (popularity metrics need it)
+            return self.best_valid_score, self.best_valid_result
+
+        def after_validation(epoch_idx, valid_score):
+            if saved:
+                self._save_last_checkpoint(epoch_idx)
+            if callback_fn:
+                callback_fn(epoch_idx, valid_score)
+
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, after_validation)
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if eval_data and load_best_model:
+            checkpoint_file = model_file or self.saved_model_file
+            checkpoint = self._load_own_checkpoint(checkpoint_file)
+            self._load_model_state(checkpoint, checkpoint_file)
+            self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+
+def _config_value(config, key):
+    final = getattr(config, "final_config_dict", None)
+    if isinstance(final, dict):
+        return final.get(key)
+    if isinstance(config, dict):
+        return config.get(key)
+    return None
+
+
+class Trainer(CheckpointMixin, RecBoleTrainer):
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        disable_anomaly_mode()
+        if hasattr(train_data, "bind_model"):
+            train_data.bind_model(self.model)
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        loss_func = loss_func or self.model.calculate_loss
+        names = getattr(self.model, "loss_names", None)
+
+        def checked(interaction):
+            losses = loss_func(interaction)
+            terms = losses if isinstance(losses, tuple) else (losses,)
+            for index, term in enumerate(terms):
+                if not torch.isfinite(term).all():
+                    if names and index < len(names):
+                        name = names[index]
+                    else:
+                        name = "loss" if len(terms) == 1 else f"loss term {index}"
+                    kept = (
+                        f"; the best checkpoint so far is kept at {self.saved_model_file}"
+                        if os.path.exists(self.saved_model_file)
+                        else ""
+                    )
+                    raise NonFiniteLossError(
+                        f"training stopped at epoch {epoch_idx}: loss component '{name}' of "
+                        f"{type(self.model).__name__} is {term.detach().float().sum().item()}{kept} "
+                        f"(try a lower learning_rate)"
+                    )
+            return losses
+
+        return super()._train_epoch(train_data, epoch_idx, checked, show_progress)

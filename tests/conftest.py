@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny synthetic dataset and tiny model settings, no network, CPU only."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from recbole_cmi.data.synthetic import SyntheticConfig, generate, write_atomic
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY_DATA = SyntheticConfig(
+    n_users=60, n_items=80, n_categories=4, max_interests=3, min_len=6, max_len=16, mean_len=9, seed=7
+)
+
+# Small enough for a 1-epoch run in a few seconds; model-specific keys are ignored by other models.
+TINY_SETTINGS = {
+    "epochs": 1,
+    "train_batch_size": 64,
+    "eval_batch_size": 128,
+    "MAX_ITEM_LIST_LENGTH": 10,
+    "embedding_size": 16,
+    "hidden_size": 16,
+    "inner_size": 32,
+    "n_layers": 1,
+    "n_heads": 1,
+    "gpu_id": "",
+    "state": "ERROR",
+    "show_progress": False,
+    "seed": 2022,
+    "reproducibility": True,
+    "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+    "user_inter_num_interval": "[3,inf)",
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_run(tmp_path, monkeypatch):
+    """RecBole writes log/, log_tensorboard/, saved/ under the cwd and reads --key=value from argv."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory) -> Path:
+    """A data_path holding ``tiny/tiny.inter`` and ``tiny/tiny.item``."""
+    root = tmp_path_factory.mktemp("data")
+    write_atomic(generate(TINY_DATA), root / "tiny")
+    return root
+
+
+@pytest.fixture
+def tiny_config(tiny_data_root, tmp_path):
+    """``tiny_config(**overrides)`` -> a config dict for ``run_recbole_cmi(model, "tiny", config_dict=...)``."""
+
+    def make(**overrides):
+        settings = dict(TINY_SETTINGS, data_path=str(tiny_data_root), checkpoint_dir=str(tmp_path / "saved"))
+        settings.update(overrides)
+        return settings
+
+    return make

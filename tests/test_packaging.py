@@ -1,0 +1,111 @@
+"""The wheel ships the yaml defaults and the bundled dataset, and an install outside the checkout finds them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+import yaml
+from conftest import REPO_ROOT
+
+SOURCE_PARTS = ("setup.cfg", "pyproject.toml", "README.md", "LICENSE", "recbole_cmi", "properties")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    """Build from a copy of the checkout (nothing is written into the repository)."""
+    src = tmp_path_factory.mktemp("src")
+    for part in SOURCE_PARTS:
+        path = REPO_ROOT / part
+        if path.is_dir():
+            shutil.copytree(path, src / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif path.is_file():
+            shutil.copy2(path, src / part)
+    shutil.copytree(REPO_ROOT / "dataset" / "micro_video", src / "dataset" / "micro_video")
+    decoy = src / "dataset" / "converted_real_data"  # a user's own converted dataset must stay out
+    decoy.mkdir()
+    (decoy / "converted_real_data.inter").write_text("user_id:token\titem_id:token\n", encoding="utf-8")
+    out = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    (path,) = out.glob("recbole_cmi-*.whl")
+    return path
+
+
+def test_wheel_contains_properties_and_the_bundled_dataset(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    required = {
+        "recbole_cmi/properties/overall.yaml",
+        "recbole_cmi/properties/dataset/micro_video.yaml",
+        "recbole_cmi/dataset/micro_video/micro_video.inter",
+        "recbole_cmi/dataset/micro_video/micro_video.item",
+    }
+    required |= {f"recbole_cmi/properties/model/{p.name}" for p in (REPO_ROOT / "properties" / "model").glob("*.yaml")}
+    required |= {f"recbole_cmi/properties/hyper/{p.name}" for p in (REPO_ROOT / "properties" / "hyper").glob("*")}
+    assert not required - names, sorted(required - names)
+    assert not [n for n in names if "converted_real_data" in n]
+
+
+def test_wheel_contains_every_python_module(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = {
+        path.relative_to(REPO_ROOT).as_posix()
+        for path in (REPO_ROOT / "recbole_cmi").rglob("*.py")
+        if (path.parent / "__init__.py").is_file() and "__pycache__" not in path.parts
+    }
+    missing = sorted(modules - names)
+    assert not missing, f"add their packages to setup.cfg [options] packages: {missing}"
+
+
+def test_installed_wheel_finds_its_resources_outside_the_checkout(wheel, tmp_path):
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    code = textwrap.dedent(
+        """
+        import json
+        import recbole_cmi
+        from recbole_cmi import paths
+        from recbole_cmi.config import Config
+        config = Config("SASRec", "micro_video", config_dict={"gpu_id": ""}, read_argv=False)
+        print(json.dumps({
+            "package": recbole_cmi.__file__,
+            "properties": str(paths.properties_dir()),
+            "datasets": paths.bundled_datasets(),
+            "data_path": config["data_path"],
+            "max_len": config["MAX_ITEM_LIST_LENGTH"],
+            "stopping_step": config["stopping_step"],
+        }))
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=str(target))
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = json.loads(run.stdout.strip().splitlines()[-1])
+    installed = target / "recbole_cmi"
+    assert found["package"] == str(installed / "__init__.py")  # not the source checkout
+    assert found["properties"] == str(installed / "properties")
+    assert found["datasets"] == ["micro_video"]
+    assert found["data_path"] == str(installed / "dataset" / "micro_video")
+    overall = yaml.safe_load((REPO_ROOT / "properties" / "overall.yaml").read_text(encoding="utf-8"))
+    data_yaml = yaml.safe_load((REPO_ROOT / "properties" / "dataset" / "micro_video.yaml").read_text(encoding="utf-8"))
+    assert found["stopping_step"] == overall["stopping_step"]  # the installed yaml files were applied
+    assert found["max_len"] == data_yaml["MAX_ITEM_LIST_LENGTH"]
