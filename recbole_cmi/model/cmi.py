@@ -1,0 +1,237 @@
+"""CMI: contrastive multiple interests (Li et al., SIGIR 2022, arXiv 2205.09593).
+
+Follows the authors' code (libeibei95/CMI, class ``DevCL``, options ``--interest_type Plus
+--sampler R``) as restated in ``cmi.md``; equation numbers below refer to its sections.
+
+* Item and m implicit category embeddings live on the unit sphere (§1.2): before each forward
+  pass their rows are re-projected in place (``sphere_projection: True``, as run), or only
+  normalised inside the forward pass (``False``: raw weights kept).
+* Soft assignment p = softmax_l(cos(v, g_l) / ε), zero on padding (§1.2).
+* Interest l: u^l = normalise(Σ_k p_k^l v_k) (§1.3). General interest h = normalise(ReLU(Linear(
+  GRU(V)))[last valid]) with a 1-layer bias-free GRU (§1.4). Final ũ^l = normalise(u^l + h).
+* Score of item j: max_l cos(ũ^l, v_j), per candidate, in training and inference alike (§3.2, §4).
+* Losses (§3.3): recommendation + λ_cl·InfoNCE over (user, interest) pairs of two views (§2.2)
+  + λ_orth·‖GGᵀ − I‖²_F/m² + λ_uni·std(p̄)/mean(p̄) (§1.2).
+  ``loss_type``: ``SAMPLED`` — the paper's sampled softmax over the row's positive and the
+  negatives of every row in the batch (§3.2); ``CE`` — RecBole's full softmax over all items;
+  ``BPR`` — against RecBole's sampled negative. Logits are cosine scores / τ in all three.
+* With the contrastive loss on, the recommendation loss is computed on the two views, both
+  with the row's target as positive (§2.1/§3.1: the authors train on the views; their ``O``
+  sampler, the no-CL ablation, trains on the whole history). RecBole's pipeline supplies the
+  target: the next item of an all-prefix expansion, not a random later item (§3.1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from recbole_cmi.data.augmentation import ContrastiveViews, view_fields
+from recbole_cmi.data.sampler import SHARED_NEG_FIELD, SharedNegatives
+from recbole_cmi.errors import ConfigValueError
+from recbole_cmi.model.layers import info_nce, max_over_interests, max_over_interests_paired
+
+LOSS_TYPES = ("SAMPLED", "CE", "BPR")
+CATEGORY_INITS = ("orthogonal", "uniform")
+
+
+def _require(condition: bool, message: str):
+    if not condition:
+        raise ConfigValueError(message)
+
+
+def orthogonality_loss(categories: torch.Tensor) -> torch.Tensor:
+    """‖GGᵀ − I‖²_F / m² for unit-norm category rows G [m, d] (cmi.md §1.2)."""
+    m = categories.shape[0]
+    gram = categories @ categories.T
+    return ((gram - torch.eye(m, device=categories.device)) ** 2).sum() / m**2
+
+
+def uniformity_loss(assignment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """std(p̄) / mean(p̄), p̄ the mean assignment over all valid positions (cmi.md §1.2)."""
+    usage = assignment[valid].mean(dim=0)
+    return usage.std() / usage.mean()
+
+
+class CMI(SequentialRecommender):
+    loss_names = ("rec", "cl", "orth", "uni")
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.embedding_size = config["embedding_size"]
+        self.num_interest = config["num_interest"]
+        self.assign_temperature = config["assign_temperature"]
+        self.temperature = config["temperature"]
+        self.cl_temperature = config["cl_temperature"]
+        self.cl_weight = config["cl_weight"]
+        self.orth_weight = config["orth_weight"]
+        self.uniform_weight = config["uniform_weight"]
+        self.use_general_interest = bool(config["use_general_interest"])
+        self.sphere_projection = bool(config["sphere_projection"])
+        self.category_init = config["category_init"]
+        self.loss_type = config["loss_type"]
+        self.score_chunk_size = config["score_chunk_size"]
+        self._validate()
+        self.use_views = self.cl_weight > 0
+        self.view_fields = view_fields(config)
+        self.neg_item_field = self.NEG_ITEM_ID
+
+        d = self.embedding_size
+        # One extra row for CL4SRec's mask token when a mask augmentation is chosen for the views.
+        self.item_embedding = nn.Embedding(self.n_items + 1, d, padding_idx=0)
+        self.category_embedding = nn.Embedding(self.num_interest, d)
+        self.gru = nn.GRU(d, d, num_layers=1, bias=False, batch_first=True)
+        self.general_mlp = nn.Sequential(nn.Linear(d, d), nn.ReLU())
+        self._init_parameters()
+
+    def _validate(self):
+        _require(
+            self.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}"
+        )
+        _require(int(self.num_interest) >= 1, f"num_interest (m) must be >= 1, got {self.num_interest}")
+        _require(int(self.embedding_size) >= 1, f"embedding_size must be >= 1, got {self.embedding_size}")
+        for key in ("assign_temperature", "temperature", "cl_temperature"):
+            _require(float(getattr(self, key)) > 0, f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("cl_weight", "orth_weight", "uniform_weight"):
+            _require(float(getattr(self, key)) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
+        _require(
+            self.category_init in CATEGORY_INITS,
+            f"category_init must be one of {', '.join(CATEGORY_INITS)}, got {self.category_init!r}",
+        )
+
+    def _init_parameters(self):
+        # The authors' init_parameter: U(-1/sqrt(d), 1/sqrt(d)) for every parameter; the
+        # orthogonal init it meant for the categories never matched a parameter name (cmi.md §1.5).
+        bound = 1.0 / math.sqrt(self.embedding_size)
+        for parameter in self.parameters():
+            nn.init.uniform_(parameter, -bound, bound)
+        if self.category_init == "orthogonal":
+            nn.init.orthogonal_(self.category_embedding.weight)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    @classmethod
+    def train_batch_hooks(cls, config, dataset):
+        hooks = []
+        if (config["cl_weight"] or 0) > 0:
+            hooks.append(ContrastiveViews(config, dataset))
+        if config["loss_type"] == "SAMPLED":
+            hooks.append(SharedNegatives(config, dataset))
+        return hooks
+
+    # ----------------------------------------------------------------- embeddings
+    def _project_to_sphere(self):
+        if self.sphere_projection:
+            with torch.no_grad():
+                for table in (self.item_embedding.weight, self.category_embedding.weight):
+                    table.copy_(F.normalize(table, dim=-1))
+
+    def item_vectors(self, items=None) -> torch.Tensor:
+        """Unit item vectors (row 0, padding, stays zero); all catalogue items when ``items`` is None."""
+        weight = self.item_embedding.weight[: self.n_items] if items is None else self.item_embedding(items)
+        return F.normalize(weight, dim=-1)
+
+    def category_vectors(self) -> torch.Tensor:
+        return F.normalize(self.category_embedding.weight, dim=-1)
+
+    # ----------------------------------------------------------------- encoder
+    def assignment(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """p[b, k, l] = softmax_l(cos(v_k, g_l)/ε), 0 on padding (cmi.md §1.2). [B, L, m]."""
+        vectors = self.item_vectors(item_seq)
+        logits = vectors @ self.category_vectors().T / self.assign_temperature
+        return torch.softmax(logits, dim=-1) * (item_seq > 0).unsqueeze(-1)
+
+    def encode(self, item_seq, item_seq_len):
+        """Final interests ũ [B, m, d] and the assignment p [B, L, m]."""
+        item_seq = item_seq[:, : int(item_seq_len.max())]  # padding columns change nothing
+        vectors = self.item_vectors(item_seq)
+        assignment = self.assignment(item_seq)
+        interests = F.normalize(torch.einsum("blm,bld->bmd", assignment, vectors), dim=-1)
+        if self.use_general_interest:
+            # Packed, the GRU stops at each row's last item, and its final hidden state is the
+            # output at position len-1 that the authors' code gathers.
+            packed = pack_padded_sequence(vectors, item_seq_len.cpu(), batch_first=True, enforce_sorted=False)
+            _, last_state = self.gru(packed)
+            general = F.normalize(self.general_mlp(last_state[-1]), dim=-1)
+            interests = F.normalize(interests + general.unsqueeze(1), dim=-1)
+        return interests, assignment
+
+    def forward(self, item_seq, item_seq_len):
+        return self.encode(item_seq, item_seq_len)[0]
+
+    # ----------------------------------------------------------------- training
+    def _rec_loss(self, interests, interaction, rows: int):
+        """Recommendation loss of ``interests`` [R, m, d]; the batch's B rows are tiled R/B times."""
+        repeat = rows // interaction[self.POS_ITEM_ID].shape[0]
+        pos_items = interaction[self.POS_ITEM_ID].repeat(repeat)
+        pos_scores = max_over_interests_paired(interests, self.item_vectors(pos_items))
+        if self.loss_type == "SAMPLED":
+            # Every view row carries its user's negative, so each negative is a candidate
+            # `repeat` times (cmi.md §3.2): adding log(repeat) to its logit is the same softmax.
+            neg_scores = max_over_interests(interests, self.item_vectors(interaction[SHARED_NEG_FIELD]))
+            logits = torch.cat([pos_scores.unsqueeze(1), neg_scores + self.temperature * math.log(repeat)], dim=1)
+            logits = logits / self.temperature
+            return F.cross_entropy(logits, torch.zeros_like(pos_items))
+        if self.loss_type == "CE":
+            logits = max_over_interests(interests, self.item_vectors(), self.score_chunk_size) / self.temperature
+            return F.cross_entropy(logits, pos_items)
+        neg_items = interaction[self.neg_item_field].repeat(repeat)
+        neg_scores = max_over_interests_paired(interests, self.item_vectors(neg_items))
+        return -F.logsigmoid((pos_scores - neg_scores) / self.temperature).mean()
+
+    def calculate_loss(self, interaction):
+        self._project_to_sphere()
+        if self.use_views:
+            (seq1, len1), (seq2, len2) = self.view_fields
+            views = [(interaction[seq1], interaction[len1]), (interaction[seq2], interaction[len2])]
+        else:
+            views = [(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])]
+        width = max(seq.shape[1] for seq, _ in views)
+        item_seq = torch.cat([F.pad(seq, (0, width - seq.shape[1])) for seq, _ in views])
+        item_seq_len = torch.cat([length for _, length in views])
+        interests, assignment = self.encode(item_seq, item_seq_len)
+
+        rec = self._rec_loss(interests, interaction, interests.shape[0])
+        zero = rec.new_zeros(())
+        if self.use_views:
+            first, second = interests.chunk(2)
+            cl = self.cl_weight * info_nce(
+                first.flatten(0, 1), second.flatten(0, 1), self.cl_temperature, "cos", in_view_negatives=False
+            )
+        else:
+            cl = zero
+        orth = self.orth_weight * orthogonality_loss(self.category_vectors()) if self.orth_weight > 0 else zero
+        uni = (
+            self.uniform_weight * uniformity_loss(assignment, item_seq[:, : assignment.shape[1]] > 0)
+            if self.uniform_weight > 0 and self.num_interest > 1
+            else zero
+        )
+        return rec, cl, orth, uni
+
+    # ----------------------------------------------------------------- inference
+    def predict(self, interaction):
+        self._project_to_sphere()
+        interests = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return max_over_interests_paired(interests, self.item_vectors(interaction[self.ITEM_ID]))
+
+    def full_sort_predict(self, interaction):
+        self._project_to_sphere()
+        interests = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return max_over_interests(interests, self.item_vectors(), self.score_chunk_size)
+
+    # ----------------------------------------------------------------- interest-aware negatives
+    def category_item_pools(self, pool_size: int) -> torch.Tensor:
+        """Ids of the ``pool_size`` items most strongly assigned to each category. [m, pool]."""
+        items = self.item_vectors()[1:]
+        logits = items @ self.category_vectors().T / self.assign_temperature
+        strength = torch.softmax(logits, dim=-1).T  # [m, n_items - 1]
+        return strength.topk(min(pool_size, items.shape[0]), dim=1).indices + 1
+
+    def dominant_category(self, item_seq, item_seq_len) -> torch.Tensor:
+        """The category with the largest mean assignment over each history. [B]."""
+        return self.assignment(item_seq).sum(dim=1).argmax(dim=1)

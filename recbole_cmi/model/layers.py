@@ -1,0 +1,81 @@
+"""Pieces shared by the multi-interest and contrastive models.
+
+* :func:`max_over_interests` — the score of an item for a multi-interest user is the best of its
+  interests' scores (cmi.md §3.2, §4; anchors.md §2.1). CMI and ComiRec use it in training and in
+  ``full_sort_predict``, computed over item chunks so that memory stays ``B x K x chunk``.
+* :func:`info_nce` — InfoNCE / NT-Xent between two views: CMI's symmetric cross-view form
+  (cmi.md §2.2) and CL4SRec's NT-Xent with in-view negatives (anchors.md §4.2) are options of
+  one function.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def max_over_interests(interests: torch.Tensor, items: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """``scores[b, n] = max_k <interests[b, k], items[n]>``.
+
+    Args:
+        interests: ``[B, K, d]`` user interest vectors.
+        items: ``[N, d]`` candidate item vectors shared by the batch.
+        chunk_size: items per chunk (``None`` or ``<= 0``: all at once).
+
+    Returns:
+        ``[B, N]`` scores.
+    """
+    n_items = items.shape[0]
+    if not chunk_size or chunk_size <= 0 or chunk_size >= n_items:
+        return torch.einsum("bkd,nd->bkn", interests, items).amax(dim=1)
+    out = interests.new_empty(interests.shape[0], n_items)
+    for start in range(0, n_items, chunk_size):
+        block = items[start : start + chunk_size]
+        out[:, start : start + block.shape[0]] = torch.einsum("bkd,nd->bkn", interests, block).amax(dim=1)
+    return out
+
+
+def max_over_interests_paired(interests: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """``scores[b] = max_k <interests[b, k], items[b]>`` for one candidate per row (``[B, d]``)."""
+    return torch.einsum("bkd,bd->bk", interests, items).amax(dim=1)
+
+
+def info_nce(
+    view_a: torch.Tensor,
+    view_b: torch.Tensor,
+    temperature: float,
+    similarity: str = "cos",
+    in_view_negatives: bool = False,
+    combine: str = "sum",
+) -> torch.Tensor:
+    """Contrastive loss between row-aligned views: row ``i`` of ``view_a`` and of ``view_b`` are positives.
+
+    Args:
+        view_a, view_b: ``[N, d]``.
+        temperature: logits are similarities divided by this.
+        similarity: ``"cos"`` (L2-normalise first) or ``"dot"``.
+        in_view_negatives: False: the negatives of ``a_i`` are the other rows of ``view_b`` (CMI).
+            True: also the other rows of its own view (SimCLR / NT-Xent, CL4SRec).
+        combine: the two directions (a->b, b->a), each a mean over its N anchors, are summed
+            (``"sum"``, CMI) or averaged (``"mean"``, NT-Xent's mean over 2N anchors).
+    """
+    if similarity == "cos":
+        view_a, view_b = F.normalize(view_a, dim=-1), F.normalize(view_b, dim=-1)
+    elif similarity != "dot":
+        raise ValueError(f"similarity must be 'cos' or 'dot', got {similarity!r}")
+    if combine not in ("sum", "mean"):
+        raise ValueError(f"combine must be 'sum' or 'mean', got {combine!r}")
+    n = view_a.shape[0]
+    # Scaling one side by 1/τ costs N·d, not N²; the two directions share one logit matrix
+    # (row- and column-wise log-sum-exp), so no transposed copy is materialised.
+    cross = (view_a / temperature) @ view_b.T
+    positives = cross.diagonal()
+    row_lse, col_lse = torch.logsumexp(cross, dim=1), torch.logsumexp(cross, dim=0)
+    if in_view_negatives:
+        self_mask = torch.eye(n, dtype=torch.bool, device=view_a.device)
+        within_a = ((view_a / temperature) @ view_a.T).masked_fill(self_mask, float("-inf"))
+        within_b = ((view_b / temperature) @ view_b.T).masked_fill(self_mask, float("-inf"))
+        row_lse = torch.logaddexp(row_lse, torch.logsumexp(within_a, dim=1))
+        col_lse = torch.logaddexp(col_lse, torch.logsumexp(within_b, dim=1))
+    total = (row_lse - positives).mean() + (col_lse - positives).mean()
+    return total if combine == "sum" else total / 2
