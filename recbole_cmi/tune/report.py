@@ -1,0 +1,179 @@
+"""What a search leaves in its output folder, each file written atomically (temp file + rename).
+
+* ``trials.csv`` / ``trials.md``: one row per trial, best validation score first;
+* ``best_config.yaml``: fixed config + the best trial's parameters + model + dataset, which
+  ``run_recbole_cmi.py --config_files=best_config.yaml`` accepts and reproduces;
+* ``best_test_result.json``: the best trial's checkpoint evaluated once on the test set (and
+  on the validation set, all metrics);
+* ``search.json``: the search's plan, read back by ``--resume``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    params: dict
+    score: float | None
+    best_epoch: int | None
+    epochs_run: int | None
+    status: str
+    error: str = ""
+    saved_model_file: str = ""
+    rank: int = 0
+
+
+def plain(value):
+    """Numpy scalars and tuples as plain Python values, so yaml and json can write them."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def best_config(plan: dict, best: TrialRow) -> dict:
+    return {"model": plan["model"], "dataset": plan["dataset"], **plan["fixed"], **best.params}
+
+
+def write_outputs(output: Path, plan: dict, params, rows: list[TrialRow], best, valid_result, test_result) -> dict:
+    """Write every output file; returns their paths by kind."""
+    output = Path(output)
+    files = {"trials_csv": output / "trials.csv", "trials_md": output / "trials.md"}
+    write_atomic(files["trials_csv"], trials_csv(plan, params, rows))
+    if best is not None:
+        files["best_config"] = output / "best_config.yaml"
+        files["best_test_result"] = output / "best_test_result.json"
+        write_atomic(files["best_config"], best_config_yaml(plan, best, files["best_config"]))
+        write_json(files["best_test_result"], best_summary(plan, best, valid_result, test_result))
+    write_atomic(files["trials_md"], trials_markdown(plan, rows, best, test_result, files))
+    return files
+
+
+def best_summary(plan: dict, best: TrialRow, valid_result, test_result) -> dict:
+    return {
+        "model": plan["model"],
+        "dataset": plan["dataset"],
+        "trial_id": best.trial_id,
+        "params": best.params,
+        "valid_metric": plan["metric"],
+        "best_valid_score": best.score,
+        "best_epoch": best.best_epoch,
+        "saved_model_file": best.saved_model_file,
+        "valid_result": valid_result,
+        "test_result": test_result,
+    }
+
+
+def best_config_yaml(plan: dict, best: TrialRow, path: Path) -> str:
+    header = (
+        f"# Best trial {best.trial_id} of a Ray Tune search over {plan['params_file']}:\n"
+        f"# valid {plan['metric']} = {best.score} at epoch {best.best_epoch}. Reproduce it with\n"
+        f"#   python run_recbole_cmi.py --model={plan['model']} --dataset={plan['dataset']} --config_files={path}\n"
+    )
+    return header + yaml.safe_dump(plain(best_config(plan, best)), sort_keys=False, default_flow_style=None)
+
+
+def _columns(plan: dict, params) -> list[str]:
+    names = [p.name for p in params]
+    return [
+        "rank",
+        "trial_id",
+        "status",
+        *names,
+        f"valid_{plan['metric']}",
+        "best_epoch",
+        "epochs_run",
+        "saved_model_file",
+        "error",
+    ]
+
+
+def _cells(row: TrialRow, params) -> list:
+    return [
+        row.rank,
+        row.trial_id,
+        row.status,
+        *(row.params.get(p.name) for p in params),
+        row.score,
+        row.best_epoch,
+        row.epochs_run,
+        row.saved_model_file,
+        row.error,
+    ]
+
+
+def trials_csv(plan: dict, params, rows: list[TrialRow]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_columns(plan, params))
+    for row in rows:
+        writer.writerow(["" if cell is None else cell for cell in _cells(row, params)])
+    return buffer.getvalue()
+
+
+def _md(cell) -> str:
+    if cell is None or cell == "":
+        return ""
+    if isinstance(cell, float):
+        return f"{cell:.4g}"
+    return str(cell).replace("|", "\\|").replace("\n", " ")
+
+
+def trials_markdown(plan: dict, rows: list[TrialRow], best, test_result, files: dict) -> str:
+    settings = plan["settings"]
+    names = list(rows[0].params) if rows else []
+    lines = [
+        f"# Search: {plan['model']} on {plan['dataset']}",
+        "",
+        f"- searched ({plan['params_file']}): " + "; ".join(plan["searched"]),
+        f"- search: {settings['search']}, scheduler: {settings['scheduler']}, trials: {len(rows)}, "
+        f"epochs per trial: at most {plan['epochs']}",
+        f"- selection: best validation {plan['metric']} ({plan['mode']}) per trial; test set evaluated "
+        "for the best trial only",
+        "",
+        "| rank | trial | status | " + " | ".join(names) + f" | valid {plan['metric']} | best epoch | epochs | error |",
+        "|---" * (7 + len(names)) + "|",
+    ]
+    for row in rows:
+        cells = [row.rank, row.trial_id, row.status, *(row.params.get(n) for n in names)]
+        cells += [row.score, row.best_epoch, row.epochs_run, row.error]
+        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    lines.append("")
+    if best is None:
+        lines.append("No best trial: no trial finished with a validation score.")
+    else:
+        lines += [
+            f"Best trial: **{best.trial_id}**, valid {plan['metric']} = {best.score} (epoch {best.best_epoch}), "
+            f"params: {json.dumps(best.params)}",
+            "",
+            f"- checkpoint: `{best.saved_model_file}`",
+            f"- config: `{files['best_config']}`",
+            "",
+            "Test result of the best trial (evaluated once): "
+            + ", ".join(f"{k} = {v:.4f}" for k, v in (test_result or {}).items()),
+        ]
+    return "\n".join(lines) + "\n"
