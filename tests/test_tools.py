@@ -1,0 +1,298 @@
+"""The tools on trained checkpoints: inspect, recommend, robustness (and its perturbation)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY_SETTINGS
+from recbole.data.interaction import Interaction
+
+from recbole_cmi import inspect as inspect_cli
+from recbole_cmi import recommend as recommend_cli
+from recbole_cmi import robustness as robustness_cli
+from recbole_cmi.model.cmi import CMI
+from recbole_cmi.quick_start import evaluate_checkpoint, load_data_and_model, run_recbole_cmi
+from recbole_cmi.tools.common import ToolError
+from recbole_cmi.tools.inspect import pca_2d
+from recbole_cmi.tools.robustness import parse_models, perturb_histories
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def call(main, argv):
+    """main(argv) -> (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(argv)
+        except SystemExit as exc:
+            status = exc.code
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tools")
+
+
+@pytest.fixture(scope="module")
+def cmi_checkpoint(tiny_data_root, workdir):
+    """One tiny CMI (m = 2, d = 8, 1 epoch) for the whole module."""
+    settings = dict(TINY_SETTINGS, data_path=str(tiny_data_root), checkpoint_dir=str(workdir / "saved"))
+    settings.update(num_interest=2, embedding_size=8, epochs=1)
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        return run_recbole_cmi("CMI", "tiny", config_dict=settings, saved=True)["saved_model_file"]
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture(scope="module")
+def robustness_run(tiny_data_root, workdir, cmi_checkpoint):
+    """SASRec trained by the command, the CMI checkpoint given, and a model that fails; p in {0, 0.5}."""
+    out = workdir / "robustness"
+    settings = dict(TINY_SETTINGS, data_path=str(tiny_data_root), checkpoint_dir=str(workdir / "saved"))
+    argv = ["--dataset=tiny", "--models=SASRec,NoSuchModel", f"--checkpoints={cmi_checkpoint}", "--p", "0,0.5"]
+    argv += ["--out", str(out)] + [f"--{key}={value}" for key, value in settings.items()]
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        status, stdout, stderr = call(robustness_cli.main, argv)
+    finally:
+        os.chdir(cwd)
+    return status, stdout, stderr, out
+
+
+# --------------------------------------------------------------------------- checkpoints
+def test_a_checkpoint_loads_on_cpu(cmi_checkpoint):
+    config, model, dataset, *_ = load_data_and_model(cmi_checkpoint)
+    assert isinstance(model, CMI) and model.num_interest == 2
+    assert config["device"] == torch.device("cpu")
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+# --------------------------------------------------------------------------- inspect
+def test_inspect_writes_the_report_and_its_pngs(cmi_checkpoint, tmp_path):
+    out = tmp_path / "report"
+    status, stdout, stderr = call(inspect_cli.main, ["--checkpoint", cmi_checkpoint, "--out", str(out), "--users", "2"])
+    assert status == 0, stderr
+    report = (out / "report.md").read_text(encoding="utf-8")
+    for name in ("usage", "confusion", "pca", "users"):
+        assert (out / f"{name}.png").read_bytes().startswith(PNG)
+        assert f"]({name}.png)" in report
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["num_interest"] == 2 and summary["planted_categories"] == 4
+    assert sum(summary["item_share"]) == pytest.approx(1.0)
+    assert sum(summary["assignment_mass"]) == pytest.approx(1.0)
+    nmi = summary["recovery"]["CMI implicit categories (argmax, 2 clusters)"]["nmi"]
+    assert 0.0 <= nmi <= 1.0
+    assert f"NMI {nmi:.3f}" in stdout
+    assert len(summary["users"]) == 2
+    # Typical items carry their original ids and planted categories: "v12 (c3)".
+    assert "| 0 | v" in report and " (c" in report
+
+
+def test_inspect_compares_with_a_baseline_and_rejects_non_cmi_models(robustness_run, tmp_path):
+    sasrec = _checkpoints(robustness_run)["SASRec"]
+    status, _, stderr = call(inspect_cli.main, ["--checkpoint", sasrec, "--out", str(tmp_path / "x")])
+    assert status == 2
+    assert stderr.strip().splitlines() == [
+        f"error: {sasrec} holds a SASRec model: inspection needs a model with implicit categories (CMI)"
+    ]
+
+
+def test_inspect_reports_the_baseline_kmeans(robustness_run, cmi_checkpoint, tmp_path):
+    sasrec = _checkpoints(robustness_run)["SASRec"]
+    out = tmp_path / "with_baseline"
+    argv = ["--checkpoint", cmi_checkpoint, "--out", str(out), "--users", "0", "--baseline_checkpoint", sasrec]
+    status, stdout, stderr = call(inspect_cli.main, argv)
+    assert status == 0, stderr
+    recovery = json.loads((out / "summary.json").read_text(encoding="utf-8"))["recovery"]
+    baseline = recovery["k-means of SASRec item embeddings (k = 4)"]
+    assert 0.0 <= baseline["nmi"] <= 1.0
+    assert "k-means of SASRec item embeddings (k = 4): NMI" in stdout
+    assert not (out / "users.png").exists()
+
+
+def test_pca_is_deterministic_and_orthonormal():
+    x = np.random.default_rng(0).normal(size=(50, 6))
+    coords, components, mean, explained = pca_2d(x)
+    again, *_ = pca_2d(x.copy())
+    assert np.array_equal(coords, again)
+    assert np.allclose(components @ components.T, np.eye(2))
+    assert np.allclose(coords.var(axis=0), np.linalg.svd(x - mean, compute_uv=False)[:2] ** 2 / len(x))
+    assert explained[0] >= explained[1] > 0
+    assert all(row[np.argmax(np.abs(row))] > 0 for row in components)
+
+
+# --------------------------------------------------------------------------- recommend
+def _user_sequence(data_root, user, item_token2id):
+    frame = pd.read_csv(data_root / "tiny" / "tiny.inter", sep="\t")
+    rows = frame[frame["user_id:token"] == user].sort_values("timestamp:float")
+    return [item_token2id[token] for token in rows["item_id:token"]]
+
+
+def test_recommend_agrees_with_full_sort_predict_and_excludes_the_history(cmi_checkpoint, tiny_data_root):
+    config, model, dataset, *_ = load_data_and_model(cmi_checkpoint)
+    token2id = dataset.field2token_id[dataset.iid_field]
+    lengths = pd.read_csv(tiny_data_root / "tiny" / "tiny.inter", sep="\t").groupby("user_id:token").size()
+    user = str(lengths.idxmax())  # 16 interactions: longer than MAX_ITEM_LIST_LENGTH = 10
+    sequence = _user_sequence(tiny_data_root, user, token2id)
+    max_len = config["MAX_ITEM_LIST_LENGTH"]
+    assert len(sequence) > max_len
+
+    status, stdout, stderr = call(recommend_cli.main, ["--checkpoint", cmi_checkpoint, "--user", user, "--topk", "15"])
+    assert status == 0, stderr
+    lines = stdout.strip().splitlines()
+    assert lines[0].startswith(f"user {user}: CMI, history of {max_len} items")
+    assert lines[1] == "rank\titem\tscore\tinterest"
+    table = [line.split("\t") for line in lines[2:]]
+    assert [int(r[0]) for r in table] == list(range(1, 16))
+
+    history = torch.tensor([sequence[-max_len:]])
+    interaction = Interaction({model.ITEM_SEQ: history, model.ITEM_SEQ_LEN: torch.tensor([max_len])})
+    with torch.no_grad():
+        scores = model.full_sort_predict(interaction)[0]
+    scores[0] = -torch.inf
+    scores[sequence] = -torch.inf
+    values, items = scores.topk(15)
+    expected = [str(t) for t in dataset.id2token(dataset.iid_field, items.numpy())]
+    assert [r[1] for r in table] == expected
+    assert [float(r[2]) for r in table] == pytest.approx(values.tolist(), abs=1e-4)
+    history_tokens = set(dataset.id2token(dataset.iid_field, np.array(sequence)))
+    assert not history_tokens & {r[1] for r in table}
+    assert {int(r[3]) for r in table} <= {0, 1}
+
+
+def test_recommend_for_a_single_interest_model_has_no_interest_column(robustness_run):
+    sasrec = _checkpoints(robustness_run)["SASRec"]
+    status, stdout, stderr = call(recommend_cli.main, ["--checkpoint", sasrec, "--user", "u1", "--topk", "3"])
+    assert status == 0, stderr
+    lines = stdout.strip().splitlines()
+    assert lines[0].startswith("user u1: SASRec, history of ")
+    assert lines[1] == "rank\titem\tscore" and len(lines) == 5
+
+
+def test_recommend_unknown_user_is_one_error_line(cmi_checkpoint):
+    status, stdout, stderr = call(recommend_cli.main, ["--checkpoint", cmi_checkpoint, "--user", "nobody"])
+    assert status == 2
+    assert stdout == ""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: unknown user 'nobody' in dataset 'tiny' (60 users")
+
+
+# --------------------------------------------------------------------------- perturbation
+def _batch():
+    seq = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [3, 4, 0, 0, 0, 0, 0, 0], [7, 0, 0, 0, 0, 0, 0, 0]])
+    return seq, torch.tensor([8, 2, 1])
+
+
+@pytest.mark.parametrize("mode", ["drop", "replace"])
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 1.0])
+def test_perturbation_keeps_lengths_valid_and_inputs_untouched(mode, p):
+    seq, length = _batch()
+    seq_before, length_before = seq.clone(), length.clone()
+    new_seq, new_len = perturb_histories(seq, length, p, mode, torch.Generator().manual_seed(1), n_items=30)
+    assert torch.equal(seq, seq_before) and torch.equal(length, length_before)
+    assert new_seq.shape == seq.shape and new_len.dtype == length.dtype
+    assert ((new_len >= 1) & (new_len <= seq.shape[1])).all()
+    positions = torch.arange(seq.shape[1])
+    assert ((new_seq > 0) == (positions < new_len.unsqueeze(1))).all()  # left-aligned, zero padding
+    expected = torch.floor(p * length.double() + 0.5).long()
+    if mode == "drop":
+        assert torch.equal(new_len, length - torch.minimum(expected, length - 1))
+        for row in range(len(seq)):  # the kept items are a subsequence, in order
+            kept = new_seq[row, : new_len[row]].tolist()
+            original = iter(seq[row, : length[row]].tolist())
+            assert all(item in original for item in kept)
+    else:
+        assert torch.equal(new_len, length)
+        assert torch.equal((new_seq != seq).sum(dim=1), expected)
+        assert ((new_seq >= 0) & (new_seq < 30)).all()
+
+
+def test_perturbation_is_seeded_and_drop_zero_is_the_identity():
+    seq, length = _batch()
+
+    def run(seed, mode="drop", p=0.5):
+        return perturb_histories(seq, length, p, mode, torch.Generator().manual_seed(seed), n_items=30)
+
+    for mode in ("drop", "replace"):
+        first, second, other = run(3, mode), run(3, mode), run(4, mode)
+        assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+        assert not torch.equal(first[0], other[0])
+    same_seq, same_len = run(3, "drop", 0.0)
+    assert torch.equal(same_seq, seq) and torch.equal(same_len, length)
+    assert torch.equal(run(3, "replace", 0.0)[0], seq)
+
+
+def test_perturbation_rejects_bad_arguments():
+    seq, length = _batch()
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(ToolError, match="mode"):
+        perturb_histories(seq, length, 0.1, "shuffle", gen)
+    with pytest.raises(ToolError, match=r"\[0, 1\]"):
+        perturb_histories(seq, length, 1.5, "drop", gen)
+    with pytest.raises(ToolError, match="n_items"):
+        perturb_histories(seq, length, 0.1, "replace", gen)
+
+
+def test_model_specs_accept_aliases_and_settings():
+    specs = parse_models("CMI,CMI_noCL,Wide:model=CMI;num_interest=4;cl_weight=0.05,SASRec")
+    assert [(s.label, s.model, s.overrides) for s in specs] == [
+        ("CMI", "CMI", {}),
+        ("CMI_noCL", "CMI", {"cl_weight": 0.0}),
+        ("Wide", "CMI", {"num_interest": 4, "cl_weight": 0.05}),
+        ("SASRec", "SASRec", {}),
+    ]
+    with pytest.raises(ToolError, match="key=value"):
+        parse_models("CMI:num_interest")
+
+
+# --------------------------------------------------------------------------- robustness
+def _rows(robustness_run):
+    with open(robustness_run[3] / "robustness.csv", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _checkpoints(robustness_run):
+    return {r["model"]: r["checkpoint"] for r in _rows(robustness_run) if not r["error"]}
+
+
+def test_robustness_writes_the_table_and_plot_and_survives_a_failing_model(robustness_run, cmi_checkpoint):
+    status, stdout, stderr, out = robustness_run
+    assert status == 1  # one model failed; the others were still evaluated and written
+    assert "error: NoSuchModel failed: " in stderr
+    assert (out / "robustness.png").read_bytes().startswith(PNG)
+    rows = _rows(robustness_run)
+    good = [r for r in rows if not r["error"]]
+    assert {(r["model"], r["perturbation"], float(r["p"])) for r in good} == {
+        (model, mode, p) for model in ("SASRec", "CMI") for mode in ("drop", "replace") for p in (0.0, 0.5)
+    }
+    assert [r["model"] for r in rows if r["error"]] == ["NoSuchModel"]
+    for model in ("SASRec", "CMI"):
+        clean = {r["perturbation"]: float(r["recall@20"]) for r in good if r["model"] == model and r["p"] == "0.0"}
+        assert clean["drop"] == clean["replace"]
+    # p = 0 is RecBole's own test evaluation of the checkpoint.
+    cmi_clean = next(float(r["recall@20"]) for r in good if r["model"] == "CMI" and r["p"] == "0.0")
+    assert cmi_clean == pytest.approx(float(evaluate_checkpoint(cmi_checkpoint)["recall@20"]))
+    table = (out / "robustness.md").read_text(encoding="utf-8")
+    assert "## Recall@20" in table and "## NDCG@20" in table and "| SASRec | " in table
+    assert "![Recall@20 vs p](robustness.png)" in table and "- NoSuchModel: " in table
+
+
+def test_robustness_usage_errors_are_one_line():
+    status, _, stderr = call(robustness_cli.main, ["--p", "0,0.5"])
+    assert status == 2 and len(stderr.strip().splitlines()) == 1
+    status, _, stderr = call(robustness_cli.main, ["--checkpoints=x.pth", "--p", "0,2"])
+    assert status == 2
+    assert stderr.strip().splitlines() == ["error: --p: fractions must be in [0, 1], got '0,2'"]
