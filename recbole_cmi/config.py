@@ -171,6 +171,16 @@ class Config(recbole.config.Config):
             if path.is_file():
                 self._update_internal_config_dict(str(path))
 
+    def _init_device(self):
+        # Distributed runs without a GPU: gloo and the CPU instead of RecBole's hard-coded nccl + CUDA
+        # (recbole_cmi.distributed); with GPUs RecBole's own set-up runs.
+        from recbole_cmi.distributed import init_cpu_distributed, uses_cpu_distributed
+
+        if uses_cpu_distributed(self.final_config_dict):
+            init_cpu_distributed(self.final_config_dict)
+        else:
+            super()._init_device()
+
     def _set_default_parameters(self):
         self.final_config_dict["data_path"] = self._resolve_data_root()
         self._default_negative_sampling()

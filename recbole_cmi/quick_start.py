@@ -177,6 +177,9 @@ def load_data_and_model(model_file):
         raise CheckpointError(f"cannot read checkpoint {model_file}: {err}") from err
     config["device"] = __import__("torch").device("cpu")
     config["gpu_id"] = ""
+    # A checkpoint of a distributed run is used in this one process (RecBole #2063: its loaders and
+    # trainer would wait for a process group; recbole_cmi.distributed).
+    config["single_spec"], config["local_rank"] = True, 0
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)

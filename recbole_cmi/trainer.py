@@ -19,6 +19,10 @@
 * A non-finite loss stops training with :class:`NonFiniteLossError`, naming the loss component;
   the best and last checkpoints are left as they were.
 * Anomaly mode is off while we train (see ``recbole_cmi.compat``).
+* Distributed (DDP) runs (:mod:`recbole_cmi.distributed`): DDP works on the CPU too, every rank uses rank 0's
+  checkpoint name and waits for rank 0 to have written it before loading it.
+* Under ``eval_protocol: multi_target`` validation and test use that protocol's evaluator
+  (:mod:`recbole_cmi.data.protocol`), so early stopping follows its validation metric.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
 from recbole_cmi.compat import disable_anomaly_mode, load_checkpoint
+from recbole_cmi.data.protocol import MultiTargetEvalLoader, evaluate_multi_target
+from recbole_cmi.distributed import DeviceAwareDDP, barrier, same_on_all_ranks
 from recbole_cmi.errors import CheckpointError, NonFiniteLossError
 
 __all__ = ["CheckpointMixin", "NonFiniteLossError", "Trainer", "last_checkpoint_path"]
@@ -92,6 +98,11 @@ class CheckpointMixin:
     _train_data = None
     _pending_rng_state = None
     _resumed = False
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        # DDP: every rank loads the checkpoint that rank 0 writes (RecBole names it after each process's clock).
+        self.saved_model_file = same_on_all_ranks(self.saved_model_file, config)
 
     @property
     def last_model_file(self) -> str:
@@ -212,10 +223,13 @@ class CheckpointMixin:
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if eval_data and load_best_model:
+            barrier(self.config)  # DDP: wait until rank 0 has written the checkpoint
             checkpoint_file = model_file or self.saved_model_file
             checkpoint = self._load_own_checkpoint(checkpoint_file)
             self._load_model_state(checkpoint, checkpoint_file)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
+        if isinstance(eval_data, MultiTargetEvalLoader):  # eval_protocol: multi_target (validation and test)
+            return evaluate_multi_target(self.model, eval_data, show_progress=show_progress) if eval_data else None
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
 
@@ -228,7 +242,7 @@ def _config_value(config, key):
     return None
 
 
-class Trainer(CheckpointMixin, RecBoleTrainer):
+class Trainer(CheckpointMixin, RecBoleTrainer, DeviceAwareDDP):  # DeviceAwareDDP: DDP on CPU as well
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         disable_anomaly_mode()
         if hasattr(train_data, "bind_model"):

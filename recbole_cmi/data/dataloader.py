@@ -16,6 +16,7 @@ import torch
 from recbole.data import data_preparation as recbole_data_preparation
 from recbole.data.dataloader import TrainDataLoader
 
+from recbole_cmi.data.protocol import multi_target_preparation, protocol_name
 from recbole_cmi.errors import DatasetError
 from recbole_cmi.utils import get_model
 
@@ -53,15 +54,21 @@ class HookedTrainDataLoader(TrainDataLoader):
 def data_preparation(config, dataset):
     """RecBole's ``data_preparation`` with the model's train-only hooks on the training loader.
 
+    With ``eval_protocol: multi_target`` the splits and the validation/test loaders are those of
+    :mod:`recbole_cmi.data.protocol` (the training loader is RecBole's, on the training period).
+
     An empty split, or a ``topk`` cut-off above the number of items, is a :class:`DatasetError`
     (RecBole would fail inside torch, or silently train without evaluating).
     """
-    try:
-        train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
-    except ValueError as err:
-        if "num_samples should be a positive integer" not in str(err):
-            raise
-        raise DatasetError(_empty_split_message(config, "training")) from err
+    if protocol_name(config) == "multi_target":  # the paper's protocol: recbole_cmi.data.protocol
+        train_data, valid_data, test_data = multi_target_preparation(config, dataset)
+    else:
+        try:
+            train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
+        except ValueError as err:
+            if "num_samples should be a positive integer" not in str(err):
+                raise
+            raise DatasetError(_empty_split_message(config, "training")) from err
     for name, loader in (("training", train_data), ("valid", valid_data), ("test", test_data)):
         if name == "valid" and (config["eval_step"] or 0) <= 0:
             continue

@@ -1,0 +1,33 @@
+"""``python -m recbole_cmi.benchmark <subcommand> [options]``: reproducible head-to-head benchmarks.
+
+Subcommands (each a module with ``main(argv) -> int``, imported only when named):
+
+* ``accuracy``: every model x seed under one shared config; a results table per dataset and protocol.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> module; a new subcommand is one line here.
+SUBCOMMANDS = {
+    "accuracy": "recbole_cmi.benchmark.accuracy",
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = ", ".join(SUBCOMMANDS)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: python -m recbole_cmi.benchmark {{{names}}} [options]  (<subcommand> --help for its options)")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"error: unknown benchmark '{name}' (choose from {names})", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(SUBCOMMANDS[name]).main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,532 @@
+"""Accuracy benchmark: every model x seed under one shared config, each run in a fresh subprocess.
+
+    python -m recbole_cmi.benchmark accuracy --dataset=micro_video \\
+        --models=CMI,SASRec,GRU4Rec,ComiRecSA,ComiRecDR,CL4SRec --seeds=3 [--protocol=loo|multi_target] \\
+        [--config_files="a.yaml b.yaml"] [--<key>=<value> ...] [--out=results/] [--resume]
+
+* **One shared config.** Every run gets the same config dict: ``eval_protocol``, ``embedding_size`` and
+  ``hidden_size`` (d = 64 unless given: models read one or the other), ``metrics``, ``topk``
+  (10/20/50), ``valid_metric`` (NDCG@20 for ``loo``, the paper's Recall@50 for ``multi_target``),
+  validation after every epoch, and every ``--<key>=<value>`` given (values parsed as Python
+  literals, ``true``/``false`` as booleans, anything else as a string), on top of the config files.
+  ``MAX_ITEM_LIST_LENGTH``, ``epochs`` and ``stopping_step`` come from the dataset yaml and
+  ``properties/overall.yaml`` unless given. Model yaml files still set what is the model's own (its
+  loss, its learning rate); the table lists the resolved values per model. Early stopping and the
+  best checkpoint use the validation metric only; the test set is evaluated once per run.
+* **Seeds** 2022, 2023, ...: ``--seeds=N`` runs N of them; all models run with one seed before the
+  next seed starts, so a stopped benchmark has comparable numbers early.
+* **Isolation.** A run is ``python -m recbole_cmi.benchmark accuracy --run_spec=<json>`` in its own
+  folder under ``--work_dir`` (default: a new temporary folder), which holds its RecBole log and
+  ``run.log`` (stdout and stderr); its checkpoints are deleted when it ends. A run that fails (an
+  error, a crash, ``--run_timeout`` seconds exceeded) is recorded with a one-line error and the
+  benchmark goes on.
+* **Output.** After every run ``<out>/<dataset>-<protocol>.csv`` (one row per run) and ``.md`` (per
+  model mean ± sample std over seeds, epochs run, training seconds per epoch, the command, the
+  shared config, package versions, the machine) are rewritten atomically, so a killed benchmark keeps
+  what finished. ``--resume`` skips the runs that finished in that csv (failed ones run again); the
+  csv must come from the same shared config (its ``config_sha``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from recbole_cmi.benchmark import report
+from recbole_cmi.cli import OneLineArgumentParser, run_cli
+from recbole_cmi.errors import ConfigValueError, RecboleCmiError
+from recbole_cmi.tune.report import write_json
+
+DEFAULT_MODELS = ("CMI", "SASRec", "GRU4Rec", "ComiRecSA", "ComiRecDR", "CL4SRec")
+FIRST_SEED = 2022
+SHARED_DEFAULTS = {"embedding_size": 64, "hidden_size": 64, "topk": [10, 20, 50], "eval_step": 1}
+PROTOCOLS = {
+    "loo": {
+        "metrics": ["Recall", "NDCG", "Hit"],
+        "valid_metric": "NDCG@20",
+        "text": "RecBole's sequential leave-one-out with full sort: per user the last interaction is the test "
+        "target and the one before it the validation target; training uses every earlier prefix -> next item; "
+        "all items are ranked and, as RecBole does for sequential models, history items are not excluded. One "
+        "target per user, so Recall@K = Hit@K; NDCG is RecBole's.",
+    },
+    "multi_target": {
+        "metrics": ["Recall", "Hit", "NDCG"],
+        "valid_metric": "Recall@50",
+        "text": "the CMI paper's multi-target protocol (`recbole_cmi.data.protocol`): per user, the target is the "
+        "set of items in the last period ({split}) and the history everything before it; validation uses the "
+        "period before, training everything before validation; history items are excluded from the ranking; "
+        "Recall@K = |top-K ∩ targets| / |targets| (targets deduplicated), Hit@K = HitRate@K, NDCG@K with "
+        "binary gains (not ComiRec's); averaged over users with at least one target and a non-empty history.",
+    },
+}
+RUN_LOG = "run.log"
+
+
+@dataclass
+class BenchmarkSettings:
+    dataset: str
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    seeds: int = 3
+    protocol: str = "loo"
+    config_files: list[str] = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)
+    out: str = "results"
+    resume: bool = False
+    run_timeout: float | None = None
+    work_dir: str | None = None
+    note: str = ""
+    command: str = ""
+
+
+@dataclass
+class BenchmarkOutcome:
+    rows: list[dict]
+    csv_path: Path
+    md_path: Path
+    work_dir: Path
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser() -> OneLineArgumentParser:
+    parser = OneLineArgumentParser(
+        prog="python -m recbole_cmi.benchmark accuracy",
+        description="Every model x seed under one shared config; per-run csv and a markdown table.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--dataset", "-d", help="dataset name (bundled, ./dataset/<name>, or under --data_path)")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names")
+    parser.add_argument("--seeds", type=int, default=3, help=f"number of seeds: {FIRST_SEED}, {FIRST_SEED + 1}, ...")
+    parser.add_argument("--protocol", default="loo", help="loo (RecBole leave-one-out) or multi_target (the paper's)")
+    parser.add_argument("--config_files", nargs="*", default=None, help="yaml files shared by every run")
+    parser.add_argument("--out", default="results", help="folder of <dataset>-<protocol>.md and .csv")
+    parser.add_argument("--resume", action="store_true", help="skip the runs that finished in the existing csv")
+    parser.add_argument("--run_timeout", type=float, default=None, help="seconds after which a run is stopped")
+    parser.add_argument("--work_dir", default=None, help="folder for the runs' logs (default: a new temp folder)")
+    parser.add_argument("--note", default="", help="a line shown at the top of the table")
+    parser.add_argument("--run_spec", default=None, help=argparse.SUPPRESS)  # one run, in the subprocess
+    return parser
+
+
+def parse_value(text: str):
+    """A ``--key=value`` value as RecBole's command line reads it: a Python literal, a boolean, else a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        lowered = text.strip().lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        return text
+
+
+def parse_overrides(rest: list[str], parser) -> dict:
+    overrides = {}
+    for arg in rest:
+        if not (arg.startswith("--") and "=" in arg) or arg.startswith("--="):
+            parser.error(f"unrecognised argument {arg}: config keys are given as --key=value")
+        key, _, value = arg[2:].partition("=")
+        overrides[key] = parse_value(value)
+    return overrides
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.run_spec:
+        return worker(args.run_spec)
+    overrides = parse_overrides(rest, parser)
+    if not args.dataset:
+        parser.error("--dataset is required")
+    settings = BenchmarkSettings(
+        dataset=args.dataset,
+        models=[m.strip() for m in args.models.split(",") if m.strip()],
+        seeds=args.seeds,
+        protocol=args.protocol,
+        config_files=[f for group in (args.config_files or []) for f in group.split()],
+        overrides=overrides,
+        out=args.out,
+        resume=args.resume,
+        run_timeout=args.run_timeout,
+        work_dir=args.work_dir,
+        note=args.note,
+        command=shlex.join(["python", "-m", "recbole_cmi.benchmark", "accuracy", *argv]),
+    )
+
+    def action():
+        outcome = run_benchmark(settings)
+        ok = sum(1 for row in outcome.rows if row.get("status") == "ok")
+        print(f"{ok}/{len(outcome.rows)} runs finished; table: {outcome.md_path}; runs: {outcome.csv_path}")
+        print(f"run logs: {outcome.work_dir}")
+
+    return run_cli(action)
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def run_benchmark(settings: BenchmarkSettings) -> BenchmarkOutcome:
+    """Run every model x seed not finished yet, rewriting the csv and the table after each run."""
+    models = _check_settings(settings)
+    shared = shared_config(settings)
+    sha = config_sha(settings, shared)
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{settings.dataset}-{settings.protocol}"
+    csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
+    rows = _previous_rows(csv_path, sha) if settings.resume else []
+    done = {(row["model"], str(row["seed"])) for row in rows if row.get("status") == "ok"}
+    seeds = [FIRST_SEED + i for i in range(settings.seeds)]
+    plan = [(seed, model) for seed in seeds for model in models if (model, str(seed)) not in done]
+    work_dir = Path(settings.work_dir) if settings.work_dir else Path(tempfile.mkdtemp(prefix=f"bench-{stem}-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    meta = report_meta(settings, models, seeds, shared, csv_path)
+    if done:
+        print(f"resuming: {len(done)} finished runs in {csv_path} are kept")
+    for index, (seed, model) in enumerate(plan, 1):
+        print(f"[{index}/{len(plan)}] {model} seed {seed} ...", flush=True)
+        row = run_one(settings, model, seed, shared, sha, work_dir)
+        rows = [r for r in rows if not (r["model"] == model and str(r["seed"]) == str(seed))] + [row]
+        report.write_runs(csv_path, rows)
+        meta["dataset_stats"] = _dataset_stats(rows) or meta.get("dataset_stats")
+        meta["written"] = _now()
+        report.write_atomic(md_path, report.markdown(rows, meta))
+        print(f"[{index}/{len(plan)}] {model} seed {seed}: {_progress_line(row)}", flush=True)
+    if not plan:  # nothing left to run: refresh the table from the csv
+        meta["dataset_stats"] = _dataset_stats(rows)
+        meta["written"] = _now()
+        report.write_runs(csv_path, rows)
+        report.write_atomic(md_path, report.markdown(rows, meta))
+    return BenchmarkOutcome(rows=rows, csv_path=csv_path, md_path=md_path, work_dir=work_dir)
+
+
+def _check_settings(settings: BenchmarkSettings) -> list[str]:
+    from recbole_cmi.utils import get_model
+
+    if settings.protocol not in PROTOCOLS:
+        raise ConfigValueError(f"--protocol={settings.protocol!r} (one of {', '.join(PROTOCOLS)})")
+    if not isinstance(settings.seeds, int) or settings.seeds < 1:
+        raise ConfigValueError(f"--seeds={settings.seeds!r} (an integer >= 1: the number of seeds)")
+    if not settings.models:
+        raise ConfigValueError("--models is empty (comma-separated model names, e.g. CMI,SASRec)")
+    if settings.run_timeout is not None and settings.run_timeout <= 0:
+        raise ConfigValueError(f"--run_timeout={settings.run_timeout!r} (seconds > 0)")
+    for key in ("seed", "checkpoint_dir", "eval_protocol"):
+        if key in settings.overrides:
+            option = {"seed": "--seeds", "checkpoint_dir": "--work_dir", "eval_protocol": "--protocol"}[key]
+            raise ConfigValueError(f"--{key} is set by the benchmark; use {option}")
+    for path in settings.config_files:
+        if not os.path.isfile(path):
+            raise ConfigValueError(f"config file not found: {path}")
+    models = [get_model(name).__name__ for name in settings.models]  # unknown names fail here, before any run
+    duplicates = sorted({m for m in models if models.count(m) > 1})
+    if duplicates:
+        raise ConfigValueError(f"--models names {', '.join(duplicates)} more than once")
+    return models
+
+
+def shared_config(settings: BenchmarkSettings) -> dict:
+    """The config dict every run gets (the seed and the checkpoint folder are added per run)."""
+    protocol = PROTOCOLS[settings.protocol]
+    shared = {"eval_protocol": settings.protocol, **SHARED_DEFAULTS}
+    shared["metrics"] = list(protocol["metrics"])
+    shared["valid_metric"] = protocol["valid_metric"]
+    shared.update(settings.overrides)
+    data_path = settings.overrides.get("data_path")
+    if data_path is not None:
+        shared["data_path"] = os.path.abspath(str(data_path))
+    elif os.path.isdir(os.path.join("dataset", settings.dataset)):  # what Config would find in this folder
+        shared["data_path"] = os.path.abspath("dataset")
+    shared["show_progress"] = False
+    return shared
+
+
+def config_sha(settings: BenchmarkSettings, shared: dict) -> str:
+    key = {
+        "dataset": settings.dataset,
+        "protocol": settings.protocol,
+        "config_files": [os.path.abspath(p) for p in settings.config_files],
+        "shared": shared,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _previous_rows(csv_path: Path, sha: str) -> list[dict]:
+    rows = report.read_runs(csv_path)
+    other = sorted({row.get("config_sha", "") for row in rows} - {sha})
+    if other:
+        raise ConfigValueError(
+            f"--resume: {csv_path} holds runs of another shared config (config_sha {', '.join(other)}, this one "
+            f"{sha}); give the same options and config files, or run without --resume to start afresh"
+        )
+    return rows
+
+
+def run_one(settings: BenchmarkSettings, model: str, seed: int, shared: dict, sha: str, work_dir: Path) -> dict:
+    """One run in a subprocess; always returns a csv row (status ``ok`` or ``failed``)."""
+    run_dir = work_dir / f"{model}-seed{seed}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    spec = {
+        "model": model,
+        "dataset": settings.dataset,
+        "config_files": [os.path.abspath(p) for p in settings.config_files],
+        "config_dict": {**shared, "seed": seed, "checkpoint_dir": str(run_dir / "saved")},
+        "result": str(run_dir / "result.json"),
+    }
+    spec_path = run_dir / "spec.json"
+    write_json(spec_path, spec)
+    row = {"dataset": settings.dataset, "protocol": settings.protocol, "model": model, "seed": seed}
+    row["config_sha"] = sha
+    command = [sys.executable, "-m", "recbole_cmi.benchmark", "accuracy", f"--run_spec={spec_path}"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    package_root = str(Path(__file__).resolve().parents[2])  # the child imports this very recbole_cmi
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    start = time.perf_counter()
+    log_path = run_dir / RUN_LOG
+    try:
+        with open(log_path, "w", encoding="utf-8") as log:
+            completed = subprocess.run(
+                command, cwd=run_dir, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=settings.run_timeout
+            )
+        returncode = completed.returncode
+    except subprocess.TimeoutExpired:
+        returncode = None
+    elapsed = time.perf_counter() - start
+    result = _read_result(spec["result"])
+    if result is not None:
+        row.update(result)
+    elif returncode is None:
+        row.update(status="failed", error=f"stopped after --run_timeout={settings.run_timeout:g} s")
+    else:
+        row.update(status="failed", error=f"exit status {returncode}: {_last_line(log_path)}")
+    row.setdefault("total_s", round(elapsed, 1))
+    shutil.rmtree(run_dir / "saved", ignore_errors=True)
+    return row
+
+
+def _read_result(path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return "no output"
+    lines = [line for line in lines if line]
+    return lines[-1][:300] if lines else "no output"
+
+
+def _progress_line(row: dict) -> str:
+    if row.get("status") != "ok":
+        return f"FAILED: {row.get('error')}"
+    metric = str(row.get("valid_metric", "")).lower()
+    test = row.get(f"{report.TEST_PREFIX}{metric}")
+    return (
+        f"ok in {row.get('total_s')} s ({row.get('epochs_run')} epochs, {row.get('train_s_per_epoch')} s/epoch "
+        f"training; test {metric} {test})"
+    )
+
+
+def _dataset_stats(rows: list[dict]) -> dict | None:
+    for row in rows:
+        if row.get("status") == "ok" and row.get("n_users") not in (None, ""):
+            keys = ("n_users", "n_items", "n_interactions", "n_valid_users", "n_test_users")
+            return {key: row.get(key) for key in keys}
+    return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")  # noqa: UP017 (datetime.UTC is 3.11+)
+
+
+# ---------------------------------------------------------------- provenance
+
+
+def report_meta(settings: BenchmarkSettings, models: list[str], seeds: list[int], shared: dict, csv_path) -> dict:
+    protocol_text = PROTOCOLS[settings.protocol]["text"]
+    if settings.protocol == "multi_target":
+        from recbole_cmi.data.protocol import describe_split
+
+        protocol_text = protocol_text.format(split=describe_split(shared))
+    return {
+        "title": f"{settings.dataset}: accuracy under protocol `{settings.protocol}`",
+        "dataset": settings.dataset,
+        "protocol": settings.protocol,
+        "protocol_text": protocol_text,
+        "models": models,
+        "seeds": seeds,
+        "shared_config": shared,
+        "metrics": shared.get("metrics"),
+        "config_files": list(settings.config_files),
+        "command": settings.command or "(run from Python: recbole_cmi.benchmark.accuracy.run_benchmark)",
+        "note": settings.note,
+        "versions": package_versions(),
+        "machine": machine(),
+        "csv_name": Path(csv_path).name,
+    }
+
+
+def package_versions() -> dict:
+    import recbole_cmi
+
+    versions = {"recbole_cmi": recbole_cmi.__version__}
+    for name in ("recbole", "torch", "numpy", "pandas"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def machine() -> dict:
+    info = {"nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    info["cpu"] = _cpu_model()
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                info["memory"] = f"{int(line.split()[1]) / 1024**2:.0f} GiB"
+                break
+    import torch
+
+    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    info["os"] = platform.platform(terse=True)
+    return info
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+# ---------------------------------------------------------------- one run (in the subprocess)
+
+
+def worker(spec_path: str) -> int:
+    """Train and test one model; write its csv row as json (also when it fails). Exit status 0 or 1."""
+    from recbole_cmi.cli import quiet_recbole_warnings
+
+    quiet_recbole_warnings()
+    with open(spec_path, encoding="utf-8") as f:
+        spec = json.load(f)
+    try:
+        row = train_and_test(spec)
+    except Exception as err:  # recorded in the csv; the traceback goes to run.log
+        traceback.print_exc()
+        if isinstance(err, RecboleCmiError):
+            message = str(err)
+        else:
+            first = (str(err).strip().splitlines() or [""])[0]
+            message = f"{type(err).__name__}: {first}"
+        write_json(Path(spec["result"]), {"status": "failed", "error": message[:500]})
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    write_json(Path(spec["result"]), row)
+    return 0
+
+
+def train_and_test(spec: dict) -> dict:
+    """``run_recbole_cmi``'s steps, with the epochs timed; returns the run's csv fields."""
+    from logging import getLogger
+
+    from recbole_cmi.quick_start import prepare
+    from recbole_cmi.utils import get_trainer
+
+    start = time.perf_counter()
+    config, dataset, (train_data, valid_data, test_data), model = prepare(
+        spec["model"], spec["dataset"], spec["config_files"] or None, spec["config_dict"]
+    )
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    train_seconds, valid_seconds = [], []
+    trainer._train_epoch = _timed(trainer._train_epoch, train_seconds)
+    trainer._valid_epoch = _timed(trainer._valid_epoch, valid_seconds)
+    bigger = config["valid_metric_bigger"]
+    best = {"score": None, "epoch": None}
+
+    def track_best(epoch_idx, score):  # RecBole's early_stopping rule: ties move the best epoch forward
+        if best["score"] is None or (score >= best["score"] if bigger else score <= best["score"]):
+            best.update(score=score, epoch=epoch_idx + 1)  # 1-based, like epochs_run
+
+    best_valid_score, _ = trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=track_best)
+    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    getLogger().info(f"test result: {test_result}")
+    row = {
+        "status": "ok",
+        "error": "",
+        "valid_metric": config["valid_metric"],
+        "best_valid_score": float(best_valid_score),
+        "best_epoch": best["epoch"],
+        "epochs_run": len(train_seconds),
+        "epochs": config["epochs"],
+        "stopping_step": config["stopping_step"],
+        "train_s_per_epoch": round(sum(train_seconds) / len(train_seconds), 2) if train_seconds else None,
+        "valid_s_per_epoch": round(sum(valid_seconds) / len(valid_seconds), 2) if valid_seconds else None,
+        "total_s": round(time.perf_counter() - start, 1),
+        "device": str(config["device"]),
+        "n_users": dataset.user_num - 1,  # id 0 is padding
+        "n_items": dataset.item_num - 1,
+        "n_interactions": _interaction_count(dataset),
+        "n_valid_users": len(valid_data._dataset) if valid_data else 0,
+        "n_test_users": len(test_data._dataset),
+    }
+    for key in ("learning_rate", "embedding_size", "hidden_size", "MAX_ITEM_LIST_LENGTH", "train_batch_size"):
+        row[key] = config[key]
+    row["loss_type"] = config["loss_type"]
+    row["loadavg"] = _load_average()
+    for key, value in (test_result or {}).items():
+        row[f"{report.TEST_PREFIX}{key}"] = float(value)
+    return row
+
+
+def _load_average() -> str:
+    """The machine's 1/5/15-minute load averages when the run ended ('' where unknown): timings are wall-clock."""
+    try:
+        return " ".join(f"{value:.1f}" for value in os.getloadavg())
+    except OSError:
+        return ""
+
+
+def _interaction_count(dataset) -> int:
+    # A sequential dataset, once built, holds one row per interaction that has a history (every
+    # interaction but each user's first); a general dataset one row per interaction.
+    rows = dataset.inter_num
+    if getattr(dataset, "item_list_length_field", None) in dataset.inter_feat:
+        rows += dataset.user_num - 1
+    return rows
+
+
+def _timed(method, seconds: list):
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    return timed

@@ -1,0 +1,892 @@
+"""Speed and scale benchmark: training throughput, full-sort evaluation speed and peak memory per model.
+
+``python -m recbole_cmi.benchmark speed [--sizes 100k:10k,1m:100k] [--models CMI,SASRec,...] [--steps 20]
+[--out results/speed.md]``
+
+For every size ``<interactions>:<items>`` (``k``/``m`` suffixes; e.g. ``5m:1m``) the benchmark, in one process:
+
+1. generates a synthetic micro-video log with that many interactions over that many items into a temporary
+   folder (:func:`fast_generate`, a vectorised variant of :func:`recbole_cmi.data.synthetic.generate`; see
+   below) and loads it once through RecBole (atomic files, leave-one-out split, all-prefix expansion);
+2. for every model, with the same batch size, maximum history length and d (``embedding_size`` =
+   ``hidden_size``), and the same ``num_interest`` for every multi-interest model: builds the model and
+   RecBole's/our trainer, then runs ``--warmup`` untimed and ``--steps`` timed training steps on batches of
+   the real training loader (our train-batch hooks included: contrastive views, shared negatives), each
+   step ``calculate_loss`` + backward + the trainer's Adam step; the time includes drawing the batch;
+3. runs one full-sort evaluation pass over ``--eval-users`` users of the test loader (``eval_batch_size``
+   users per batch, one untimed warm-up batch first): the trainer's ``_full_sort_batch_eval`` (the model's
+   ``full_sort_predict``, padding and history masked) followed by the top-``max(topk)`` selection that
+   RecBole's collector does;
+4. records training samples/s, the estimated seconds per epoch (training rows / samples per second),
+   evaluation users/s and the peak memory of training and of evaluation: the rise of the process's
+   resident set size above its level when the phase started (Linux ``VmHWM`` after resetting it through
+   ``/proc/self/clear_refs``; elsewhere a 5 ms psutil sampler), and on a GPU
+   ``torch.cuda.max_memory_allocated``.
+
+The report (printed and written to ``--out``) gives every model's ratio to SASRec measured in the same run,
+CMI's targets (epoch time <= 0.5x SASRec and <= 1.5x GRU4Rec, full-sort evaluation <= 1.5x SASRec), the
+cost per training sample across sizes (constant cost per sample = epoch time linear in interactions), the
+machine and the exact command. ``--profile CMI`` adds the top operators of a few profiled training steps
+(torch.profiler). Text after the line ``<!-- end of generated report -->`` in an existing ``--out`` file is
+kept when the report is rewritten (hand-written analysis).
+
+Bigger sizes: ``--sizes 5m:1m`` works given time and memory: RecBole's prefix expansion (a Python loop, about
+1-2 min per million interactions on one core) and its ``[rows, max_len]`` history tensors (item ids and
+timestamps, ~0.8 GB per million rows at max length 50, plus a copy per split while loading) dominate; budget
+~10 GB of RAM and ~30 min for ``5m:1m`` on a 2-core CPU. Every model's full-softmax (CE) baselines then
+score all 1M items per training row, and evaluation holds an ``eval_batch_size x items`` score matrix
+(256 x 1M floats = 1 GB) whatever the model; CMI's and ComiRec's ``score_chunk_size`` bounds their extra
+``batch x interests x chunk`` intermediate (``--score-chunk-size 0`` turns chunking off, to measure it).
+
+The fast generator keeps the simulation of the exact one (latent categories with Zipf popularity inside each,
+2..``max_interests`` interests per user with Dirichlet weights, geometric sessions inside one interest,
+``explore`` random categories, no repeated item per user, timestamps over ``n_days``) but draws everything
+with whole-array NumPy operations, so its output is not the same sample as ``generate``'s, and it omits the
+slow interest drift (``drift``). ``generate`` draws each item with a ``choice`` over its category's popularity
+vector, which costs O(items per category) per draw: hours at 5M interactions over 1M items; the fast one
+takes seconds. ``--generator exact`` uses ``generate`` (with ``n_users`` derived from the size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import gc
+import math
+import os
+import platform
+import re
+import shlex
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recbole_cmi.cli import OneLineArgumentParser, run_cli
+from recbole_cmi.data.synthetic import SECONDS_PER_DAY, SyntheticConfig, SyntheticData, generate, write_atomic
+
+DEFAULT_MODELS = ("CMI", "SASRec", "GRU4Rec", "ComiRecSA", "ComiRecDR", "CL4SRec")
+DEFAULT_SIZES = "100k:10k,1m:100k"
+REFERENCE_MODEL = "SASRec"
+REPORT_END_MARKER = "<!-- end of generated report -->"
+# Targets from the "Speed and scale" issue: CMI's time relative to a baseline (lower is better).
+TARGETS = (
+    ("epoch", "SASRec", 0.5),
+    ("epoch", "GRU4Rec", 1.5),
+    ("eval", "SASRec", 1.5),
+)
+
+_COUNT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmg]?)\s*$", re.IGNORECASE)
+_MULTIPLIER = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+# --------------------------------------------------------------------------------------------- sizes
+def parse_count(text: str) -> int:
+    """``"100k"`` -> 100000, ``"1m"`` -> 1000000, ``"2.5m"`` -> 2500000, ``"5000"`` -> 5000."""
+    match = _COUNT.match(str(text).replace("_", "").replace(",", ""))
+    if not match:
+        raise ValueError(f"not a count: {text!r} (use e.g. 100k, 1m, 2.5m or 5000)")
+    value = float(match.group(1)) * _MULTIPLIER[match.group(2).lower()]
+    if value < 1 or value != int(value):
+        raise ValueError(f"not a positive whole count: {text!r}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    interactions: int
+    items: int
+    label: str
+
+
+def parse_sizes(text: str) -> list[Size]:
+    """``"100k:10k,1m:100k"`` -> sizes (interactions, items), in the order given."""
+    sizes = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        fields = part.split(":")
+        if len(fields) != 2:
+            raise ValueError(f"size {part!r} must be <interactions>:<items>, e.g. 1m:100k")
+        interactions, items = parse_count(fields[0]), parse_count(fields[1])
+        if interactions < 1000:
+            raise ValueError(f"size {part!r}: at least 1k interactions")
+        if items < 200:
+            raise ValueError(f"size {part!r}: at least 200 items (the longest history is 60 items, at most half)")
+        sizes.append(Size(interactions, items, part.lower()))
+    if not sizes:
+        raise ValueError("no size given: use e.g. --sizes 100k:10k,1m:100k")
+    return sizes
+
+
+# --------------------------------------------------------------------------------------------- data
+def fast_generate(cfg: SyntheticConfig, n_interactions: int | None = None) -> SyntheticData:
+    """The micro-video simulation of :func:`~recbole_cmi.data.synthetic.generate`, vectorised (no drift).
+
+    ``n_interactions``: draw users until the total reaches it (``cfg.n_users`` is then ignored; the
+    result has at most that many interactions, fewer by less than ``cfg.max_len``); None: ``cfg.n_users``
+    users. Deterministic for a given ``cfg.seed``.
+    """
+    cfg.validate()
+    rng = np.random.Generator(np.random.PCG64(cfg.seed))
+    n_items, n_cat = cfg.n_items, cfg.n_categories
+
+    # Items: a category each (every category owns one at least), Zipf popularity inside the category.
+    item_category = rng.integers(0, n_cat, size=n_items)
+    item_category[:n_cat] = np.arange(n_cat)
+    item_category = rng.permutation(item_category)
+    by_category = np.lexsort((rng.random(n_items), item_category))  # items grouped by category, random order
+    counts = np.bincount(item_category, minlength=n_cat)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(n_items) - np.repeat(starts, counts) + 1  # popularity rank inside the category
+    weights = rank.astype(np.float64) ** -cfg.zipf
+    within = np.cumsum(weights) - np.repeat(np.cumsum(weights)[starts] - weights[starts], counts)
+    totals = np.add.reduceat(weights, starts)
+    cdf = np.repeat(np.arange(n_cat), counts) + within / np.repeat(totals, counts)  # category c spans (c, c+1]
+
+    def draw_from(categories: np.ndarray) -> np.ndarray:
+        position = np.searchsorted(cdf, categories + rng.random(len(categories)))
+        low, high = starts[categories], starts[categories] + counts[categories] - 1
+        return by_category[np.clip(position, low, high)]
+
+    # Users: lengths, then as many users as the interaction budget allows.
+    if n_interactions is None:
+        n_users = cfg.n_users
+        lengths = _lengths(rng, cfg, n_users)
+    else:
+        lengths = _lengths(rng, cfg, int(n_interactions / cfg.min_len) + 1)
+        n_users = max(1, int(np.searchsorted(np.cumsum(lengths), n_interactions, side="right")))
+        lengths = lengths[:n_users]
+    total = int(lengths.sum())
+    user = np.repeat(np.arange(n_users), lengths)
+    user_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    position = np.arange(total) - user_start[user]
+
+    # Interests: 2..max_interests distinct categories per user with Dirichlet(1) weights.
+    n_interests = rng.integers(2, cfg.max_interests + 1, size=n_users)
+    interests = np.argsort(rng.random((n_users, n_cat)), axis=1)[:, : cfg.max_interests]
+    slot_weights = rng.exponential(size=(n_users, cfg.max_interests))
+    slot_weights[np.arange(cfg.max_interests)[None, :] >= n_interests[:, None]] = 0.0
+    cumulative = np.cumsum(slot_weights, axis=1) / slot_weights.sum(axis=1, keepdims=True)
+
+    # Sessions: geometric lengths (a new session starts at each position with probability 1/mean),
+    # each inside one interest; a fraction `explore` of the items comes from a random category.
+    new_session = (position == 0) | (rng.random(total) < 1.0 / cfg.session_len)
+    session = np.cumsum(new_session) - 1
+    session_user = user[new_session]
+    slot = (rng.random(len(session_user))[:, None] > cumulative[session_user]).sum(axis=1)
+    slot = np.minimum(slot, n_interests[session_user] - 1)
+    category = interests[session_user, slot][session]
+    explore = rng.random(total) < cfg.explore
+    category[explore] = rng.integers(0, n_cat, size=int(explore.sum()))
+    items = draw_from(category)
+
+    # No repeats: redraw every later occurrence of a (user, item) pair, first from its category, then
+    # from the whole catalogue; validate() guarantees max_len <= n_items / 2, so this converges fast.
+    for round_ in range(64):
+        repeated = _repeated(user, items, n_items)
+        if not repeated.any():
+            break
+        if round_ < 8:
+            items[repeated] = draw_from(category[repeated])
+        else:
+            items[repeated] = rng.integers(0, n_items, size=int(repeated.sum()))
+    else:
+        keep = ~_repeated(user, items, n_items)
+        user, items, position = user[keep], items[keep], position[keep]
+
+    # Timestamps: sorted uniform times over n_days, made strictly increasing inside each user.
+    stamps = rng.integers(0, cfg.n_days * SECONDS_PER_DAY, size=len(user))
+    stamps = stamps[np.lexsort((stamps, user))] + position
+    return SyntheticData(users=user + 1, items=items + 1, timestamps=stamps, item_category=item_category)
+
+
+def _lengths(rng, cfg: SyntheticConfig, n_users: int) -> np.ndarray:
+    drawn = np.rint(rng.lognormal(np.log(cfg.mean_len), 0.5, size=n_users))
+    return np.clip(drawn, cfg.min_len, cfg.max_len).astype(np.int64)
+
+
+def _repeated(user: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """Positions whose (user, item) pair occurred at an earlier position."""
+    keys = user.astype(np.int64) * n_items + items
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    repeated = np.zeros(len(keys), dtype=bool)
+    repeated[order[1:]] = sorted_keys[1:] == sorted_keys[:-1]
+    return repeated
+
+
+# --------------------------------------------------------------------------------------------- memory
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return _peak_rss_bytes() is not None
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            match = re.search(r"^VmHWM:\s+(\d+)\s+kB", f.read(), flags=re.M)
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 if match else None
+
+
+def _release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS, so the next phase starts from a low RSS."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakMemory:
+    """Peak resident memory above the level at entry (bytes), and on a GPU the peak allocated CUDA memory."""
+
+    def __init__(self, device=None):
+        self.device = device
+        self.rss_peak_delta = 0
+        self.cuda_peak_delta = None
+        self._sampled = 0
+        self._stop = threading.Event()
+        self._thread = None
+
+    def __enter__(self):
+        import torch
+
+        _release_memory()
+        self.start = _rss_bytes()
+        if not _reset_peak_rss():  # not Linux: sample the RSS every 5 ms instead
+            self._sampled = self.start
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._cuda_start = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self._sampled = max(self._sampled, _rss_bytes())
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._sampled, _rss_bytes())
+        else:
+            peak = _peak_rss_bytes() or _rss_bytes()
+        self.rss_peak_delta = max(0, peak - self.start)
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.cuda_peak_delta = max(0, torch.cuda.max_memory_allocated(self.device) - self._cuda_start)
+        return False
+
+
+# --------------------------------------------------------------------------------------------- benchmark
+@dataclasses.dataclass
+class ModelResult:
+    model: str
+    size: str
+    params: int = 0
+    train_rows: int = 0
+    steps: int = 0
+    step_rows: int = 0
+    train_seconds: float = 0.0
+    data_seconds: float = 0.0
+    eval_users: int = 0
+    eval_seconds: float = 0.0
+    train_peak_rss: int = 0
+    eval_peak_rss: int = 0
+    train_peak_cuda: int | None = None
+    eval_peak_cuda: int | None = None
+    profile: str | None = None
+    error: str | None = None
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.step_rows / self.train_seconds if self.train_seconds > 0 else math.nan
+
+    @property
+    def epoch_seconds(self) -> float:
+        return self.train_rows / self.samples_per_s if self.samples_per_s > 0 else math.nan
+
+    @property
+    def users_per_s(self) -> float:
+        return self.eval_users / self.eval_seconds if self.eval_seconds > 0 else math.nan
+
+    @property
+    def us_per_sample(self) -> float:
+        return 1e6 / self.samples_per_s if self.samples_per_s > 0 else math.nan
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.update(samples_per_s=self.samples_per_s, epoch_seconds=self.epoch_seconds, users_per_s=self.users_per_s)
+        return out
+
+
+@dataclasses.dataclass
+class SizeResult:
+    size: Size
+    interactions: int = 0
+    users: int = 0
+    items: int = 0
+    generate_seconds: float = 0.0
+    write_seconds: float = 0.0
+    load_seconds: float = 0.0
+    load_peak_rss: int = 0
+    models: list = dataclasses.field(default_factory=list)
+
+
+def _synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def common_config(args, data_path: str) -> dict:
+    """Settings shared by every model of a run (model-specific keys are ignored by the other models)."""
+    settings = {
+        "data_path": data_path,
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "MAX_ITEM_LIST_LENGTH": args.max_len,
+        "train_batch_size": args.batch_size,
+        "eval_batch_size": args.eval_batch_size,
+        "embedding_size": args.d,
+        "hidden_size": args.d,
+        "num_interest": args.num_interest,
+        "gpu_id": args.gpu_id,
+        "seed": args.seed,
+        "state": "ERROR",
+        "show_progress": False,
+        "log_wandb": False,
+        "save_dataloaders": False,
+        "checkpoint_dir": os.path.join(data_path, "saved"),
+    }
+    if args.score_chunk_size is not None:
+        settings["score_chunk_size"] = args.score_chunk_size
+    return settings
+
+
+def _train_step(model, optimizer, interaction):
+    optimizer.zero_grad()
+    losses = model.calculate_loss(interaction)
+    loss = sum(losses) if isinstance(losses, tuple) else losses
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def bench_model(name: str, dataset, args, data_path: str, label: str) -> ModelResult:
+    """Time ``--steps`` training steps and one full-sort evaluation pass of ``name`` on ``dataset``."""
+    import torch
+    from recbole.utils import init_seed
+
+    from recbole_cmi.compat import disable_anomaly_mode
+    from recbole_cmi.config import Config
+    from recbole_cmi.data.dataloader import data_preparation
+    from recbole_cmi.utils import get_model, get_trainer
+
+    result = ModelResult(model=name, size=label)
+    config = Config(name, "bench", config_dict=common_config(args, data_path), read_argv=False)
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, _, test_data = data_preparation(config, dataset)
+    result.train_rows = len(train_data._dataset)
+    device = config["device"]
+    init_seed(config["seed"], config["reproducibility"])
+
+    with PeakMemory(device) as train_memory:
+        model = get_model(name)(config, train_data._dataset).to(device)
+        disable_anomaly_mode()
+        trainer = get_trainer(config["MODEL_TYPE"], name)(config, model)
+        if hasattr(train_data, "bind_model"):
+            train_data.bind_model(model)
+        result.params = sum(p.numel() for p in model.parameters())
+        model.train()
+        batches = iter(train_data)
+
+        def next_batch():
+            nonlocal batches
+            try:
+                return next(batches)
+            except StopIteration:
+                batches = iter(train_data)
+                return next(batches)
+
+        for step in range(args.warmup + args.steps):
+            _synchronize(device)
+            start = time.perf_counter()
+            interaction = next_batch().to(device)
+            fetched = time.perf_counter()
+            _train_step(model, trainer.optimizer, interaction)
+            _synchronize(device)
+            if step >= args.warmup:
+                result.train_seconds += time.perf_counter() - start
+                result.data_seconds += fetched - start
+                result.step_rows += len(interaction)
+                result.steps += 1
+    result.train_peak_rss, result.train_peak_cuda = train_memory.rss_peak_delta, train_memory.cuda_peak_delta
+
+    if name in args.profile:
+        result.profile = _profile_steps(model, trainer.optimizer, next_batch, device, args.profile_steps)
+
+    model.eval()
+    trainer.tot_item_num = test_data._dataset.item_num
+    k = max(config["topk"]) if isinstance(config["topk"], list) else int(config["topk"])
+    with torch.no_grad(), PeakMemory(device) as eval_memory:
+        for index, (start, batched_data) in enumerate(_timed_batches(test_data)):
+            interaction, scores, _, _ = trainer._full_sort_batch_eval(batched_data)
+            torch.topk(scores, min(k, scores.shape[1]), dim=-1)
+            _synchronize(device)
+            if index == 0:  # warm-up batch, untimed
+                continue
+            result.eval_seconds += time.perf_counter() - start
+            result.eval_users += len(interaction)
+            if result.eval_users >= args.eval_users:
+                break
+    result.eval_peak_rss, result.eval_peak_cuda = eval_memory.rss_peak_delta, eval_memory.cuda_peak_delta
+    trainer.tensorboard.close()
+    return result
+
+
+def _timed_batches(loader):
+    """Yield ``(start time, batch)``: the time is taken before the loader builds the batch."""
+    batches = iter(loader)
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        yield start, batch
+
+
+def _profile_steps(model, optimizer, next_batch, device, steps: int) -> str:
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            with record_function("## data: next batch + hooks"):
+                interaction = next_batch().to(device)
+            optimizer.zero_grad()
+            with record_function("## forward: calculate_loss"):
+                losses = model.calculate_loss(interaction)
+                loss = sum(losses) if isinstance(losses, tuple) else losses
+            with record_function("## backward"):
+                loss.backward()
+            with record_function("## optimizer step"):
+                optimizer.step()
+            _synchronize(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    phases = [e for e in prof.key_averages() if e.key.startswith("## ")]
+    lines = [f"{steps} profiled steps; phases (CPU total, ms per step):"]
+    lines += [f"  {e.key[3:]:<40} {e.cpu_time_total / 1000 / steps:9.1f}" for e in phases]
+    lines.append("")
+    lines.append(prof.key_averages().table(sort_by=sort_by, row_limit=18, max_name_column_width=48))
+    return "\n".join(lines)
+
+
+class BuiltOnce:
+    """A RecBole dataset whose ``build()`` (split + the sequential prefix expansion, the expensive part of
+    loading) runs once; every model's ``data_preparation`` then gets the same built splits."""
+
+    def __init__(self, dataset):
+        self._dataset = dataset
+        self._built = None
+
+    def build(self):
+        if self._built is None:
+            self._built = self._dataset.build()
+        return self._built
+
+    def __getattr__(self, name):
+        return getattr(self._dataset, name)
+
+
+def run_size(size: Size, args, workdir: Path) -> SizeResult:
+    from recbole.utils import init_seed
+
+    from recbole_cmi.config import Config
+    from recbole_cmi.quick_start import create_dataset
+
+    out = SizeResult(size=size)
+    folder = workdir / size.label.replace(":", "_")
+    cfg = SyntheticConfig(
+        n_users=max(1, size.interactions // 25), n_items=size.items, n_categories=args.categories, seed=args.seed
+    )
+    start = time.perf_counter()
+    data = generate(cfg) if args.generator == "exact" else fast_generate(cfg, size.interactions)
+    out.generate_seconds = time.perf_counter() - start
+    out.interactions, out.users = len(data.users), int(data.users.max())
+    start = time.perf_counter()
+    write_atomic(data, folder / "bench", "bench")
+    out.write_seconds = time.perf_counter() - start
+    del data
+
+    config = Config(args.models[0], "bench", config_dict=common_config(args, str(folder)), read_argv=False)
+    init_seed(config["seed"], config["reproducibility"])
+    with PeakMemory() as load_memory:
+        start = time.perf_counter()
+        dataset = BuiltOnce(create_dataset(config))
+        dataset.build()
+        out.load_seconds = time.perf_counter() - start
+    out.load_peak_rss = load_memory.rss_peak_delta
+    out.items = dataset.item_num - 1
+    _say(
+        f"[{size.label}] {out.interactions} interactions, {out.users} users, {out.items} items: generated in "
+        f"{out.generate_seconds:.1f} s, written in {out.write_seconds:.1f} s, loaded and split by RecBole in "
+        f"{out.load_seconds:.1f} s"
+    )
+    for name in args.models:
+        try:
+            result = bench_model(name, dataset, args, str(folder), size.label)
+        except (RuntimeError, MemoryError, ValueError) as err:  # e.g. CUDA out of memory: report, go on
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            result = ModelResult(model=name, size=size.label, error=f"{type(err).__name__}: {first}"[:200])
+        out.models.append(result)
+        _say(_one_line(result))
+        _release_memory()
+    return out
+
+
+def _one_line(r: ModelResult) -> str:
+    if r.error:
+        return f"[{r.size}] {r.model}: failed: {r.error}"
+    return (
+        f"[{r.size}] {r.model}: {r.samples_per_s:,.0f} samples/s ({r.epoch_seconds:,.1f} s/epoch of "
+        f"{r.train_rows:,} rows), eval {r.users_per_s:,.0f} users/s, peak RSS +{_mb(r.train_peak_rss)} MB "
+        f"train / +{_mb(r.eval_peak_rss)} MB eval"
+    )
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------- report
+def machine_description(device_name: str | None = None) -> dict:
+    import numpy
+    import pandas
+    import recbole
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), flags=re.M)
+            cpu = match.group(1).strip() if match else cpu
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    gpu = None
+    if torch.cuda.is_available() and device_name:
+        gpu = torch.cuda.get_device_name(0)
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "recbole": recbole.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+        "os": f"{platform.system()} {platform.release()}",
+    }
+
+
+def _mb(n_bytes) -> str:
+    return "-" if n_bytes is None else f"{n_bytes / 2**20:,.0f}"
+
+
+def _num(value: float, digits: int = 0) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}x"
+
+
+def _time_ratio(results: list[ModelResult], model: str, baseline: str, kind: str) -> float | None:
+    """Time of ``model`` relative to ``baseline`` (epoch time or evaluation time per user); None if missing."""
+    found = {r.model: r for r in results if not r.error}
+    if model not in found or baseline not in found:
+        return None
+    a, b = found[model], found[baseline]
+    if kind == "epoch":
+        return a.epoch_seconds / b.epoch_seconds
+    return b.users_per_s / a.users_per_s
+
+
+def format_report(sizes: list[SizeResult], args, machine: dict, command: str, started: str, wall: float) -> str:
+    lines = [
+        "# Speed and scale benchmark",
+        "",
+        f"Generated by `{command}` ({started}, {wall / 60:.1f} min in all).",
+        "",
+        "## Machine and settings",
+        "",
+        f"- CPU: {machine['cpu']}, {machine['usable_cpus']} of {machine['logical_cpus']} logical CPUs usable; "
+        f"torch threads: {machine['torch_threads']}" + (f"; GPU: {machine['gpu']}" if machine["gpu"] else "; no GPU"),
+        f"- Python {machine['python']}, torch {machine['torch']}, RecBole {machine['recbole']}, NumPy "
+        f"{machine['numpy']}, pandas {machine['pandas']}, {machine['os']}",
+        f"- Every model: train_batch_size {args.batch_size}, MAX_ITEM_LIST_LENGTH {args.max_len}, d = "
+        f"embedding_size = hidden_size = {args.d}, num_interest {args.num_interest} (CMI, ComiRecSA, ComiRecDR), "
+        f"otherwise each model's defaults, including its loss (CMI: sampled softmax over the batch's shared "
+        f"negatives + InfoNCE; the others: RecBole's full softmax (CE) over the catalogue)"
+        + (f"; score_chunk_size {args.score_chunk_size}" if args.score_chunk_size is not None else ""),
+        f"- Training: {args.warmup} untimed + {args.steps} timed steps (batch from the real training loader "
+        f"with its hooks, calculate_loss, backward, Adam step). Seconds per epoch = training rows / samples per "
+        f"second. Evaluation: full sort over all items for {args.eval_users} test users, "
+        f"{args.eval_batch_size} per batch (one untimed warm-up batch), history masking and top-k included.",
+        "- Peak memory: rise of the process's resident set above its level at the start of the phase (training: "
+        "model, optimizer state and the steps; evaluation: the pass)"
+        + ("; GPU: torch.cuda.max_memory_allocated above the start." if machine["gpu"] else "."),
+        f"- Data: `{args.generator}` synthetic generator (see `recbole_cmi/benchmark/speed.py`), "
+        f"{args.categories} latent categories, seed {args.seed}.",
+        "",
+        "## Data",
+        "",
+        "| size | interactions | users | items | training rows | generate s | write s | RecBole load + split s | "
+        "load peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in sizes:
+        rows = next((r.train_rows for r in s.models if r.train_rows), 0)
+        lines.append(
+            f"| {s.size.label} | {s.interactions:,} | {s.users:,} | {s.items:,} | {rows:,} | "
+            f"{s.generate_seconds:.1f} | {s.write_seconds:.1f} | {s.load_seconds:.1f} | {_mb(s.load_peak_rss)} |"
+        )
+    gpu = bool(machine["gpu"])
+    for s in sizes:
+        lines += [
+            "",
+            f"## Results at {s.size.label}",
+            "",
+            "| model | params | train samples/s | s/epoch | epoch vs SASRec | eval users/s | eval time vs SASRec | "
+            "train peak RSS MB | eval peak RSS MB | data share of step |"
+            + (" train GPU MB | eval GPU MB |" if gpu else ""),
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else ""),
+        ]
+        for r in s.models:
+            if r.error:
+                lines.append(f"| {r.model} | failed: {r.error} |")
+                continue
+            lines.append(
+                f"| {r.model} | {r.params:,} | {_num(r.samples_per_s)} | {_num(r.epoch_seconds, 1)} | "
+                f"{_ratio(_time_ratio(s.models, r.model, REFERENCE_MODEL, 'epoch'))} | {_num(r.users_per_s)} | "
+                f"{_ratio(_time_ratio(s.models, r.model, REFERENCE_MODEL, 'eval'))} | {_mb(r.train_peak_rss)} | "
+                f"{_mb(r.eval_peak_rss)} | {100 * r.data_seconds / r.train_seconds:.0f} % |"
+                + (f" {_mb(r.train_peak_cuda)} | {_mb(r.eval_peak_cuda)} |" if gpu else "")
+            )
+    lines += [
+        "",
+        "## CMI against the targets",
+        "",
+        "CMI's time divided by the baseline's, in the same run (lower is better).",
+        "",
+    ]
+    header = "| size | " + " | ".join(f"{kind} vs {base} (target <= {limit})" for kind, base, limit in TARGETS) + " |"
+    lines += [header, "|---|" + "---:|" * len(TARGETS)]
+    for s in sizes:
+        cells = []
+        for kind, base, limit in TARGETS:
+            ratio = _time_ratio(s.models, "CMI", base, kind)
+            cells.append("-" if ratio is None else f"{ratio:.2f}x {'met' if ratio <= limit else 'MISSED'}")
+        lines.append(f"| {s.size.label} | " + " | ".join(cells) + " |")
+    lines += _scaling_section(sizes)
+    for s in sizes:
+        for r in s.models:
+            if r.profile:
+                lines += ["", f"## Profile of {r.model}'s training step at {s.size.label}", "", "```", r.profile, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _scaling_section(sizes: list[SizeResult]) -> list[str]:
+    if len(sizes) < 2:
+        return []
+    models = list(dict.fromkeys(r.model for s in sizes for r in s.models))
+    lines = [
+        "",
+        "## Scaling with the data",
+        "",
+        "Microseconds per training sample at each size (constant = epoch time linear in the number of "
+        "interactions), and the growth of the epoch time from the first size to each other one, divided by "
+        "the growth of the training rows (1.00 = linear).",
+        "",
+        "| model | "
+        + " | ".join(f"us/sample {s.size.label}" for s in sizes)
+        + " | "
+        + " | ".join(f"epoch growth / rows growth {sizes[0].size.label} -> {s.size.label}" for s in sizes[1:])
+        + " |",
+        "|---|" + "---:|" * (2 * len(sizes) - 1),
+    ]
+    for model in models:
+        per_size = [next((r for r in s.models if r.model == model and not r.error), None) for s in sizes]
+        cells = [_num(r.us_per_sample, 1) if r else "-" for r in per_size]
+        first = per_size[0]
+        for r in per_size[1:]:
+            if first is None or r is None:
+                cells.append("-")
+            else:
+                growth = (r.epoch_seconds / first.epoch_seconds) / (r.train_rows / first.train_rows)
+                cells.append(f"{growth:.2f}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, keeping whatever followed the end marker in the existing file."""
+    kept = ""
+    if path.is_file():
+        old = path.read_text(encoding="utf-8")
+        if REPORT_END_MARKER in old:
+            kept = old.split(REPORT_END_MARKER, 1)[1]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n" + REPORT_END_MARKER + (kept or "\n"), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------- command line
+def build_parser(prog: str = "python -m recbole_cmi.benchmark speed") -> OneLineArgumentParser:
+    parser = OneLineArgumentParser(
+        prog=prog,
+        description="Training and full-sort evaluation speed and peak memory of CMI and its baselines on "
+        "synthetic data of growing size (see the module docstring for the method).",
+    )
+    parser.add_argument(
+        "--sizes",
+        default=DEFAULT_SIZES,
+        help=f"comma-separated <interactions>:<items> (k/m suffixes), default {DEFAULT_SIZES}; e.g. "
+        "100k:10k,1m:100k,5m:1m (5m:1m needs ~10 GB RAM and ~30 min on 2 CPU cores)",
+    )
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per model (default 20)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first (default 2)")
+    parser.add_argument("--batch-size", type=int, default=256, help="train_batch_size for every model")
+    parser.add_argument("--max-len", type=int, default=50, help="MAX_ITEM_LIST_LENGTH for every model")
+    parser.add_argument("--d", type=int, default=64, help="embedding_size = hidden_size for every model")
+    parser.add_argument("--num-interest", type=int, default=8, help="m of CMI, K of ComiRec (default 8)")
+    parser.add_argument("--eval-users", type=int, default=2048, help="users scored in the evaluation pass")
+    parser.add_argument("--eval-batch-size", type=int, default=256, help="users per evaluation batch")
+    parser.add_argument(
+        "--score-chunk-size", type=int, default=None, help="override CMI's/ComiRec's score_chunk_size (0: off)"
+    )
+    parser.add_argument("--gpu-id", default="", help="RecBole's gpu_id: empty (default) = CPU, '0' = first GPU")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--categories", type=int, default=16, help="latent categories of the generator")
+    parser.add_argument("--generator", choices=("fast", "exact"), default="fast", help="synthetic generator")
+    parser.add_argument("--seed", type=int, default=2022)
+    parser.add_argument("--profile", default="", help="comma-separated models whose training step to profile")
+    parser.add_argument("--profile-steps", type=int, default=5, help="steps under the profiler (default 5)")
+    parser.add_argument("--out", default="results/speed.md", help="markdown report (default results/speed.md)")
+    parser.add_argument("--json", default=None, help="also write the raw numbers to this JSON file")
+    return parser
+
+
+def _check_args(parser, args) -> None:
+    from recbole_cmi.utils import get_model
+
+    try:
+        args.size_list = parse_sizes(args.sizes)
+    except ValueError as err:
+        parser.error(str(err))
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.profile = [m.strip() for m in args.profile.split(",") if m.strip()]
+    if not args.models:
+        parser.error("--models names no model")
+    for name in args.models + args.profile:
+        get_model(name)  # an unknown name is a one-line UnknownModelError
+    for key in ("steps", "batch_size", "max_len", "d", "num_interest", "eval_users", "eval_batch_size", "categories"):
+        if getattr(args, key) < 1:
+            parser.error(f"--{key.replace('_', '-')} must be >= 1")
+    if args.warmup < 0 or args.profile_steps < 1:
+        parser.error("--warmup must be >= 0 and --profile-steps >= 1")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_cli(lambda: _run(parser, args, argv))
+
+
+def _import_lazily_loaded_modules() -> None:
+    """Pay one-time imports (torch's optimizers load torch._dynamo on first use, ~100 MB) before measuring,
+    so that they do not land in the first model's time and memory."""
+    import torch
+    from recbole.trainer import Trainer  # noqa: F401
+    from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
+def _run(parser, args, argv) -> int:
+    import json
+
+    import torch
+
+    _check_args(parser, args)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _import_lazily_loaded_modules()
+    out_path = Path(args.out).resolve()
+    json_path = Path(args.json).resolve() if args.json else None
+    command = "python -m recbole_cmi.benchmark speed" + (" " + shlex.join(argv) if argv else "")
+    started = time.strftime("%Y-%m-%d %H:%M %Z")
+    begin = time.perf_counter()
+    sizes = []
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="recbole_cmi_speed_") as tmp:
+        os.chdir(tmp)  # RecBole's trainer writes log_tensorboard/ under the working directory
+        try:
+            for size in args.size_list:
+                sizes.append(run_size(size, args, Path(tmp)))
+                _release_memory()
+        finally:
+            os.chdir(cwd)
+    machine = machine_description(args.gpu_id)
+    report = format_report(sizes, args, machine, command, started, time.perf_counter() - begin)
+    print(report)
+    write_report(out_path, report)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "command": command,
+            "machine": machine,
+            "sizes": [
+                {
+                    **{k: v for k, v in dataclasses.asdict(s).items() if k != "models"},
+                    "models": [r.as_dict() for r in s.models],
+                }
+                for s in sizes
+            ],
+        }
+        json_path.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+    _say(f"wrote {out_path}" + (f" and {json_path}" if json_path else ""))
+    return 1 if any(r.error for s in sizes for r in s.models) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""The CMI paper's multi-target evaluation protocol, for every model: ``eval_protocol: multi_target``.
+
+``eval_protocol: loo`` (the default) is RecBole's: per user the last interaction is the test target,
+the one before it the validation target, and all items are ranked, including (for sequential models)
+the items already in the user's history. ``multi_target`` is the protocol of Li et al. (SIGIR 2022,
+section 5 of ``cmi.md``):
+
+* **Periods.** Each user's interactions, in time order, fall into training, validation and test
+  periods (``multi_target_split``):
+
+  - ``day`` (default; the paper's): day = floor(timestamp / 86400); the dataset's last day with data
+    is the test period and the day with data before it the validation period (WeChat: days 1-12 /
+    13 / 14). Needs at least 3 days with data: order-only timestamps (positions) have none, so use
+    ``last_n`` or ``last_fraction`` there.
+  - ``user_day``: the same with each user's own last active day and the active day before it.
+  - ``last_n``: the user's last ``multi_target_n`` items are the test period, the ``multi_target_n``
+    before them the validation period.
+  - ``last_fraction``: the last ``multi_target_fraction`` of the user's items (the first
+    floor(L x (1 - f)) items are the history, as ComiRec's 80/20 split) are the test period; the
+    same rule on what remains gives the validation period.
+
+* **Test**: history = everything before the test period, target = the set of items in it.
+  **Validation**: history = everything before the validation period, target = its items.
+  **Training**: everything before the validation period, expanded as RecBole expands sequences
+  (every prefix -> next item; general models get the interactions as they are), so every model
+  trains unchanged. Validation and test items are never trained on.
+* **Evaluation** (:func:`evaluate_multi_target`): one row per user, whose model input is the last
+  ``MAX_ITEM_LIST_LENGTH`` history items (``item_id_list``, ``item_length``; general models get the
+  user id). ``model.full_sort_predict`` scores every item; items in the user's (whole) history and the
+  padding id get -inf, as in the paper's code. Targets are deduplicated, and a target item that is
+  already in the history is dropped (it can never be ranked). Only users with at least one target and
+  a non-empty history count; each metric is averaged over them:
+
+  - Recall@K = |top-K ∩ targets| / |targets|. The paper's code divides by the length of the target
+    day's list with repeats; on logs without repeated items (micro-video logs) the two agree;
+  - Hit@K (HitRate@K) = 1 if top-K ∩ targets is non-empty;
+  - NDCG@K = sum over hits at rank r of 1/log2(r + 1), divided by the same sum over ranks
+    1..min(|targets|, K) (binary gains; ComiRec's NDCG, with its non-standard ideal DCG, is not
+    comparable); also MRR@K (1 / rank of the first hit) and Precision@K (hits / K).
+
+* The trainer validates with the same evaluator (``recbole_cmi.trainer``), so early stopping follows
+  ``valid_metric`` under the protocol; the test set is evaluated once, with the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from logging import getLogger
+
+import numpy as np
+import pandas as pd
+import torch
+from recbole.data.interaction import Interaction
+from recbole.utils import ModelType
+
+from recbole_cmi.errors import ConfigValueError, DatasetError
+
+PROTOCOLS = ("loo", "multi_target")
+SPLITS = ("day", "user_day", "last_n", "last_fraction")
+METRICS = ("recall", "hit", "ndcg", "mrr", "precision")
+SPLIT_DEFAULTS = {"multi_target_split": "day", "multi_target_n": 5, "multi_target_fraction": 0.2}
+SECONDS_PER_DAY = 86_400
+TRAIN, VALID, TEST = 0, 1, 2
+
+
+def _setting(config, key, default=None):
+    """``config[key]`` for a RecBole Config (None when missing) or a plain dict."""
+    value = config.get(key) if isinstance(config, dict) else config[key]
+    return default if value is None else value
+
+
+def protocol_name(config) -> str:
+    """``loo`` or ``multi_target``; anything else is a :class:`ConfigValueError`."""
+    name = _setting(config, "eval_protocol", "loo")
+    if name not in PROTOCOLS:
+        raise ConfigValueError(
+            f"eval_protocol={name!r} (one of {', '.join(PROTOCOLS)}: 'loo' is RecBole's leave-one-out full sort, "
+            "'multi_target' the CMI paper's protocol)"
+        )
+    return name
+
+
+def split_settings(config) -> dict:
+    """The validated ``multi_target_*`` settings, defaults filled in."""
+    settings = {key: _setting(config, key, default) for key, default in SPLIT_DEFAULTS.items()}
+    split, n, fraction = settings["multi_target_split"], settings["multi_target_n"], settings["multi_target_fraction"]
+    problems = []
+    if split not in SPLITS:
+        problems.append(f"multi_target_split={split!r} (one of {', '.join(SPLITS)})")
+    if split == "last_n" and not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        problems.append(f"multi_target_n={n!r} (an integer >= 1: items per period)")
+    if split == "last_fraction" and not (
+        isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < 1
+    ):
+        problems.append(f"multi_target_fraction={fraction!r} (a number in (0, 1): the share of items per period)")
+    if problems:
+        raise ConfigValueError("invalid config value " + "; ".join(problems))
+    return settings
+
+
+def describe_split(config) -> str:
+    """One phrase for reports, e.g. ``the dataset's last day (multi_target_split: day)``."""
+    settings = split_settings(config)
+    split = settings["multi_target_split"]
+    text = {
+        "day": "the dataset's last day with data; validation: the day with data before it",
+        "user_day": "each user's last active day; validation: the user's active day before it",
+        "last_n": f"the user's last {settings['multi_target_n']} items; validation: the {settings['multi_target_n']} "
+        "before them",
+        "last_fraction": f"the user's last {settings['multi_target_fraction']:g} of items; validation: the same "
+        "share of what remains",
+    }[split]
+    return f"{text}; multi_target_split: {split}"
+
+
+def _metric_names(config) -> list[str]:
+    metrics = _setting(config, "metrics", ["Recall", "Hit"])
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    names = [m.lower() for m in metrics]
+    unknown = [m for m, name in zip(metrics, names) if name not in METRICS]
+    if unknown:
+        raise ConfigValueError(
+            f"metrics={metrics!r}: eval_protocol multi_target computes {', '.join(METRICS)} "
+            f"(case-insensitive), not {', '.join(map(repr, unknown))}"
+        )
+    return names
+
+
+def _topk(config) -> list[int]:
+    topk = _setting(config, "topk", [10])
+    return [topk] if isinstance(topk, int) else list(topk)
+
+
+# ---------------------------------------------------------------- periods and splits
+
+
+def _user_groups(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start index and length of each user's run of rows (rows grouped by user)."""
+    if len(users) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    counts = np.diff(np.r_[starts, len(users)])
+    return starts, counts
+
+
+def period_labels(users, times, split="day", n=5, fraction=0.2) -> np.ndarray:
+    """TRAIN (0), VALID (1) or TEST (2) per row; rows sorted by user, then time.
+
+    Labels never decrease along a user's rows, so each period's history is a prefix.
+    """
+    users = np.asarray(users)
+    times = np.asarray(times, dtype=np.float64)
+    starts, counts = _user_groups(users)
+    if split in ("day", "user_day"):
+        days = np.floor(times / SECONDS_PER_DAY).astype(np.int64)
+        if split == "day":
+            distinct = np.unique(days)
+            if len(distinct) < 3:
+                raise DatasetError(
+                    f"multi_target_split=day needs timestamps in seconds spanning at least 3 days with data "
+                    f"(train, validation, test); these span {len(distinct)} (order-only timestamps, such as "
+                    "MicroLens' positions, have none): use multi_target_split=last_n or last_fraction"
+                )
+            test_day, valid_day = distinct[-1], distinct[-2]
+            return np.where(days == test_day, TEST, np.where(days == valid_day, VALID, TRAIN)).astype(np.int8)
+        last_day = np.repeat(days[starts + counts - 1], counts)
+        before_last = np.where(days == last_day, np.iinfo(np.int64).min, days)
+        previous_day = np.repeat(np.maximum.reduceat(before_last, starts), counts) if len(users) else before_last
+        return np.where(days == last_day, TEST, np.where(days == previous_day, VALID, TRAIN)).astype(np.int8)
+    position = np.arange(len(users)) - np.repeat(starts, counts)
+    length = np.repeat(counts, counts)
+    if split == "last_n":
+        test_cut = np.maximum(length - n, 0)
+        valid_cut = np.maximum(length - 2 * n, 0)
+    elif split == "last_fraction":
+        test_cut = np.floor(length * (1 - fraction) + 1e-9).astype(np.int64)
+        valid_cut = np.floor(test_cut * (1 - fraction) + 1e-9).astype(np.int64)
+    else:
+        raise ConfigValueError(f"multi_target_split={split!r} (one of {', '.join(SPLITS)})")
+    return np.where(position >= test_cut, TEST, np.where(position >= valid_cut, VALID, TRAIN)).astype(np.int8)
+
+
+@dataclass
+class TargetSplit:
+    """One evaluation split: per evaluated user its history (row indices into the sorted frame, in
+    time order) and its deduplicated target items, both as CSR arrays (``ptr`` of length users + 1)."""
+
+    users: np.ndarray  # [U] user ids
+    history_ptr: np.ndarray  # [U + 1]
+    history_rows: np.ndarray  # [H] indices into the sorted interaction arrays
+    history_items: np.ndarray  # [H]
+    target_ptr: np.ndarray  # [U + 1]
+    target_items: np.ndarray  # [T]
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def history_of(self, index: int) -> list[int]:
+        return self.history_items[self.history_ptr[index] : self.history_ptr[index + 1]].tolist()
+
+    def targets_of(self, index: int) -> list[int]:
+        return self.target_items[self.target_ptr[index] : self.target_ptr[index + 1]].tolist()
+
+
+def build_split(users, items, labels, target_label: int) -> TargetSplit:
+    """History (rows labelled before ``target_label``) and targets (rows labelled ``target_label``) per user;
+    users without a target (after dropping targets already in the history) or without history are left out."""
+    users, items, labels = np.asarray(users), np.asarray(items, dtype=np.int64), np.asarray(labels)
+    starts, counts = _user_groups(users)
+    user_index = np.repeat(np.arange(len(starts)), counts)
+    n_key = int(items.max()) + 1 if len(items) else 1
+    history_mask = labels < target_label
+    target_mask = labels == target_label
+    history_keys = user_index[history_mask] * n_key + items[history_mask]
+    target_keys = np.unique(user_index[target_mask] * n_key + items[target_mask])  # deduplicated, sorted
+    target_keys = target_keys[~np.isin(target_keys, history_keys)]
+    history_count = np.bincount(user_index[history_mask], minlength=len(starts))
+    target_count = np.bincount(target_keys // n_key, minlength=len(starts))
+    kept = (history_count > 0) & (target_count > 0)
+    kept_rows = history_mask & np.repeat(kept, counts)
+    history_rows = np.flatnonzero(kept_rows)
+    target_keys = target_keys[kept[target_keys // n_key]]
+    return TargetSplit(
+        users=users[starts[kept]],
+        history_ptr=np.r_[0, np.cumsum(history_count[kept])].astype(np.int64),
+        history_rows=history_rows,
+        history_items=items[history_rows],
+        target_ptr=np.r_[0, np.cumsum(target_count[kept])].astype(np.int64),
+        target_items=(target_keys % n_key).astype(np.int64),
+    )
+
+
+def history_lists(split: TargetSplit, values: np.ndarray, max_len: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last ``max_len`` history values per user, left-aligned and zero-padded (RecBole's layout),
+    and their lengths."""
+    counts = np.diff(split.history_ptr)
+    lengths = np.minimum(counts, max_len)
+    out = torch.zeros((len(split), max_len), dtype=dtype)
+    if lengths.sum():
+        rows = np.repeat(np.arange(len(split)), lengths)
+        cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        source = np.repeat(split.history_ptr[1:] - lengths, lengths) + cols
+        out[torch.from_numpy(rows), torch.from_numpy(cols)] = torch.as_tensor(
+            values[split.history_rows[source]], dtype=dtype
+        )
+    return out, torch.from_numpy(lengths.astype(np.int64))
+
+
+# ---------------------------------------------------------------- loaders
+
+
+@dataclass
+class MultiTargetBatch:
+    interaction: Interaction  # the model's input, one row per user
+    history: tuple[torch.Tensor, torch.Tensor]  # (row in batch, item) pairs to exclude from the ranking
+    targets: tuple[torch.Tensor, torch.Tensor]  # (row in batch, item) pairs
+
+    def __len__(self) -> int:
+        return len(self.interaction)
+
+
+class MultiTargetEvalLoader:
+    """Validation or test users in fixed order, ``eval_batch_size`` users per batch."""
+
+    def __init__(self, config, dataset, split: TargetSplit, interaction: Interaction, phase: str):
+        self.config = config
+        self._dataset = dataset  # a copy of the training dataset holding the evaluation rows (or None)
+        self.split = split
+        self.interaction = interaction
+        self.phase = phase
+        self.batch_size = int(_setting(config, "eval_batch_size", 4096))
+        self.metrics = _metric_names(config)
+        self.topk = _topk(config)
+        self.decimals = int(_setting(config, "metric_decimal_place", 4))
+        self.transform = None
+        if dataset is not None and _setting(config, "transform") is not None:
+            from recbole.data.transform import construct_transform
+
+            self.transform = construct_transform(config)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.split)
+
+    def __len__(self) -> int:
+        return math.ceil(self.n_users / self.batch_size)
+
+    def __iter__(self):
+        for start in range(0, self.n_users, self.batch_size):
+            yield self.batch(start, min(start + self.batch_size, self.n_users))
+
+    def batch(self, start: int, end: int) -> MultiTargetBatch:
+        interaction = self.interaction[torch.arange(start, end)]
+        if self.transform is not None:
+            interaction = self.transform(self._dataset, interaction)
+        return MultiTargetBatch(
+            interaction=interaction,
+            history=_csr_pairs(self.split.history_ptr, self.split.history_items, start, end),
+            targets=_csr_pairs(self.split.target_ptr, self.split.target_items, start, end),
+        )
+
+
+def _csr_pairs(ptr: np.ndarray, values: np.ndarray, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+    counts = torch.from_numpy(np.diff(ptr[start : end + 1]))
+    rows = torch.repeat_interleave(torch.arange(end - start), counts)
+    return rows, torch.from_numpy(values[ptr[start] : ptr[end]])
+
+
+def multi_target_preparation(config, dataset):
+    """Training loader (RecBole's, on the training period) and the validation and test loaders."""
+    from recbole.data.utils import create_samplers, get_dataloader
+
+    settings = split_settings(config)
+    _metric_names(config)
+    model_type = config["MODEL_TYPE"]
+    if model_type not in (ModelType.SEQUENTIAL, ModelType.GENERAL):
+        raise ConfigValueError(
+            f"eval_protocol=multi_target supports sequential and general models, not {config['model']} "
+            f"({model_type.name.lower()})"
+        )
+    if config["benchmark_filename"] is not None:
+        raise ConfigValueError("eval_protocol=multi_target makes its own splits: leave benchmark_filename unset")
+    frame = dataset.inter_feat
+    if not isinstance(frame, pd.DataFrame):
+        raise DatasetError("eval_protocol=multi_target needs a dataset that has not been split yet")
+    uid, iid, time_field = dataset.uid_field, dataset.iid_field, dataset.time_field
+    if not time_field or time_field not in frame:
+        raise DatasetError(
+            f"eval_protocol=multi_target orders interactions by time: dataset '{config['dataset']}' has no "
+            f"time field loaded (TIME_FIELD={time_field!r}; add it to load_col)"
+        )
+    order = np.lexsort((frame[time_field].to_numpy(), frame[uid].to_numpy()))  # stable, like RecBole's sort
+    frame = frame.iloc[order].reset_index(drop=True)
+    users, items = frame[uid].to_numpy(), frame[iid].to_numpy()
+    labels = period_labels(
+        users,
+        frame[time_field].to_numpy(dtype=np.float64),
+        settings["multi_target_split"],
+        settings["multi_target_n"],
+        settings["multi_target_fraction"],
+    )
+    columns = {name: frame[name].to_numpy() for name in frame.columns}
+    dataset.inter_feat = frame
+    dataset._change_feat_format()  # Interaction; a sequential dataset expands every prefix -> next item
+    dataset._drop_unused_col()
+    sequential = getattr(dataset, "item_list_length_field", None) in dataset.inter_feat
+    starts, _ = _user_groups(users)
+    has_history = np.ones(len(users), dtype=bool)
+    if sequential:
+        has_history[starts] = False  # RecBole's expansion makes no row for a user's first item
+    expanded_users = dataset.inter_feat[uid].numpy()
+    expanded_items = dataset.inter_feat[iid].numpy()
+    if not (np.array_equal(expanded_users, users[has_history]) and np.array_equal(expanded_items, items[has_history])):
+        raise RuntimeError("RecBole's sequence expansion did not keep the time order of the interactions")
+    train_rows = torch.from_numpy(np.flatnonzero(labels[has_history] == TRAIN))
+    train_dataset = dataset.copy(dataset.inter_feat[train_rows])
+    if len(train_dataset) == 0:
+        raise DatasetError(_empty_message(config, "training", labels, settings))
+    train_sampler, _, _ = create_samplers(config, dataset, [train_dataset] * 3)
+    train_data = get_dataloader(config, "train")(config, train_dataset, train_sampler, shuffle=config["shuffle"])
+    loaders = []
+    for phase, label in (("valid", VALID), ("test", TEST)):
+        split = build_split(users, items, labels, label)
+        if len(split) == 0 and (phase == "test" or (config["eval_step"] or 0) > 0):
+            raise DatasetError(_empty_message(config, phase, labels, settings))
+        interaction = _eval_interaction(config, train_dataset, split, columns, sequential)
+        eval_dataset = train_dataset.copy(interaction)
+        loaders.append(MultiTargetEvalLoader(config, eval_dataset, split, interaction, phase))
+    counts = np.bincount(labels, minlength=3)
+    getLogger().info(
+        f"[eval_protocol multi_target] {describe_split(settings)}; interactions per period: train {counts[TRAIN]}, "
+        f"valid {counts[VALID]}, test {counts[TEST]}; training rows {len(train_dataset)}; evaluated users: "
+        f"valid {loaders[0].n_users}, test {loaders[1].n_users}"
+    )
+    return train_data, loaders[0], loaders[1]
+
+
+def _eval_interaction(config, train_dataset, split: TargetSplit, columns: dict, sequential: bool) -> Interaction:
+    uid = train_dataset.uid_field
+    fields = {uid: torch.as_tensor(split.users, dtype=torch.int64)}
+    if sequential:
+        max_len = config["MAX_ITEM_LIST_LENGTH"]
+        suffix = config["LIST_SUFFIX"]
+        lengths = None
+        for name, values in columns.items():
+            list_field = name + suffix
+            if name == uid or list_field not in train_dataset.inter_feat or values.dtype == object:
+                continue
+            dtype = train_dataset.inter_feat[list_field].dtype
+            fields[list_field], lengths = history_lists(split, values, max_len, dtype)
+        if lengths is None:
+            lengths = torch.from_numpy(np.minimum(np.diff(split.history_ptr), max_len).astype(np.int64))
+        fields[train_dataset.item_list_length_field] = lengths
+    return Interaction(fields)
+
+
+def _empty_message(config, phase: str, labels: np.ndarray, settings: dict) -> str:
+    counts = np.bincount(labels, minlength=3)
+    return (
+        f"eval_protocol=multi_target: the {phase} split of dataset '{config['dataset']}' is empty "
+        f"({describe_split(settings)}; interactions per period: train {counts[TRAIN]}, valid {counts[VALID]}, "
+        f"test {counts[TEST]}; an evaluated user needs history before the period and a new item in it)"
+    )
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def multi_target_metrics(scores: torch.Tensor, history, targets, topk, metrics) -> dict[str, torch.Tensor]:
+    """Per-user metric values ``{"recall@10": [B], ...}`` for a batch.
+
+    ``scores`` [B, n_items] (column 0 is the padding id); ``history`` and ``targets`` are (row, item)
+    index pairs. History items and the padding id are excluded from the ranking (score -inf).
+    """
+    batch, n_items = scores.shape
+    scores = scores.detach().to(torch.float32, copy=True)
+    scores[:, 0] = -torch.inf
+    scores[history[0].to(scores.device), history[1].to(scores.device)] = -torch.inf
+    max_k = min(max(topk), n_items)
+    top = scores.topk(max_k, dim=1).indices
+    is_target = torch.zeros((batch, n_items), dtype=torch.bool, device=scores.device)
+    is_target[targets[0].to(scores.device), targets[1].to(scores.device)] = True
+    hits = is_target.gather(1, top).to(torch.float32)  # [B, max_k]
+    n_targets = is_target.sum(dim=1).clamp(min=1).to(torch.float32)
+    cumulative_hits = hits.cumsum(dim=1)
+    discount = 1.0 / torch.log2(torch.arange(2, max_k + 2, device=scores.device, dtype=torch.float32))
+    dcg = (hits * discount).cumsum(dim=1)
+    ideal = discount.cumsum(dim=0)
+    first_hit = torch.where(hits.any(dim=1), hits.argmax(dim=1), torch.full_like(hits[:, 0], max_k, dtype=torch.long))
+    out = {}
+    for metric in metrics:
+        for k in topk:
+            column = min(k, max_k) - 1
+            found = cumulative_hits[:, column]
+            if metric == "recall":
+                value = found / n_targets
+            elif metric == "hit":
+                value = (found > 0).to(torch.float32)
+            elif metric == "precision":
+                value = found / k
+            elif metric == "ndcg":
+                best = n_targets.clamp(max=column + 1).long() - 1  # ideal DCG over min(|targets|, K) ranks
+                value = dcg[:, column] / ideal[best]
+            elif metric == "mrr":
+                value = torch.where(first_hit <= column, 1.0 / (first_hit + 1).to(torch.float32), 0.0)
+            else:
+                raise ConfigValueError(f"metric {metric!r}: multi_target computes {', '.join(METRICS)}")
+            out[f"{metric}@{k}"] = value
+    return out
+
+
+@torch.no_grad()
+def evaluate_multi_target(model, loader: MultiTargetEvalLoader, show_progress: bool = False) -> OrderedDict:
+    """Mean of every metric over the loader's users, RecBole-style keys (``recall@10``), rounded as RecBole."""
+    model.eval()
+    device = _setting(loader.config, "device", torch.device("cpu"))
+    sums = OrderedDict((f"{m}@{k}", 0.0) for m in loader.metrics for k in loader.topk)
+    batches = loader
+    if show_progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, total=len(loader), ncols=100, desc=f"Evaluate {loader.phase}")
+    for batch in batches:
+        scores = model.full_sort_predict(batch.interaction.to(device))
+        scores = scores.reshape(len(batch), -1)
+        values = multi_target_metrics(scores, batch.history, batch.targets, loader.topk, loader.metrics)
+        for key, value in values.items():
+            sums[key] += float(value.sum())
+    users = max(loader.n_users, 1)
+    return OrderedDict((key, round(total / users, loader.decimals)) for key, total in sums.items())

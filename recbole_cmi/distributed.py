@@ -1,0 +1,312 @@
+"""Multi-process (DDP) training for our runner: gloo on CPU, nccl on GPU.
+
+:func:`run_distributed` is RecBole's ``run(..., nproc=N)`` for :func:`recbole_cmi.quick_start.run_recbole_cmi`:
+it spawns ``nproc`` processes (``torch.multiprocessing``, start method ``spawn``), each running the whole
+pipeline with RecBole's distributed keys in its config — ``local_rank`` (0..nproc-1), ``world_size``, ``ip``,
+``port``, ``nproc``, ``offset`` (the global rank of this machine's first process) — and returns the result of
+global rank 0 (the others return nothing)::
+
+    from recbole_cmi.distributed import run_distributed
+    result = run_distributed("CMI", "micro_video", config_dict={"gpu_id": ""}, nproc=2)
+
+    python -m recbole_cmi.distributed --nproc=2 --model=CMI --dataset=micro_video --gpu_id=""
+
+Several machines: run it on each with the same ``world_size`` (all processes), ``ip``/``port`` of the machine
+of rank 0, and ``group_offset`` = the number of processes on the machines before it.
+
+What differs from RecBole, and why:
+
+* Device set-up (``Config._init_device``): RecBole's distributed branch hard-codes the ``nccl`` backend and
+  ``cuda:<local_rank>``. When no GPU is used (``gpu_id`` empty, or CUDA unavailable) we initialise the
+  process group with ``gloo`` and keep the model on the CPU (:func:`init_cpu_distributed`); with GPUs
+  RecBole's own nccl set-up runs unchanged (it needs one ``gpu_id`` per process).
+* ``DistributedDataParallel`` gets ``device_ids`` only for a CUDA model (:class:`DeviceAwareDDP`; RecBole
+  passes ``[local_rank]``, which DDP rejects for a CPU module).
+* The best-checkpoint file name is rank 0's on every rank (RecBole names it after each process's clock),
+  and ranks wait for rank 0 to finish writing it before loading it for the test (``recbole_cmi.trainer``).
+* ``load_data_and_model`` / ``evaluate_checkpoint`` use a distributed run's checkpoint in one process
+  (RecBole's would wait for a process group that does not exist, RecBole #2063).
+
+Semantics (what a DDP run optimises). Every process draws ``train_batch_size / world_size`` rows
+(RecBole's ``DistributedSampler``), runs our train-batch hooks on them and computes its loss on them alone;
+DDP averages the gradients. So the gradient is that of the *mean of the per-process losses*, and every
+batch-level construction is per process: CMI's sampled softmax uses the negatives of the local rows only
+(``B / world_size`` candidates instead of ``B``), and its InfoNCE (and CL4SRec's NT-Xent) contrasts each
+interest with the local batch's, not the global batch's. This is the expected behaviour (no negatives are
+gathered across processes); a run with N processes is comparable to a single-process run with the same
+*per-process* batch size, accumulated over N batches. ``tests/test_distributed.py`` checks it exactly: the
+DDP gradient equals the single-process gradient of the mean of the per-half losses, and differs from the
+gradient of the loss over the whole batch. Evaluation is split over the processes too and RecBole averages
+the metrics (its ``DistributedSampler`` pads the last users by repeating up to ``world_size - 1`` of them).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import sys
+import tempfile
+
+import torch
+import torch.distributed as dist
+from recbole.trainer import AbstractTrainer
+from torch.nn.parallel import DistributedDataParallel
+
+from recbole_cmi.errors import ConfigValueError, RecboleCmiError
+
+__all__ = [
+    "DeviceAwareDDP",
+    "barrier",
+    "find_free_port",
+    "init_cpu_distributed",
+    "is_distributed",
+    "run_distributed",
+    "same_on_all_ranks",
+    "uses_cpu_distributed",
+]
+
+
+# ------------------------------------------------------------------------------------ device set-up
+def _gpu_id(cfg: dict) -> str:
+    gpu_id = cfg.get("gpu_id", "")
+    if isinstance(gpu_id, (tuple, list)):
+        return ",".join(map(str, gpu_id))
+    return "" if gpu_id is None else str(gpu_id)
+
+
+def uses_cpu_distributed(cfg: dict) -> bool:
+    """A distributed run (``local_rank`` set) that uses no GPU: empty ``gpu_id`` or no CUDA."""
+    return "local_rank" in cfg and (_gpu_id(cfg) == "" or not torch.cuda.is_available())
+
+
+def init_cpu_distributed(cfg: dict) -> None:
+    """``Config._init_device`` for a distributed CPU run: a gloo process group, the CPU device.
+
+    Mirrors RecBole's distributed branch (rank = ``local_rank + offset``, ``tcp://ip:port`` rendezvous,
+    ranks other than 0 log errors only) with ``gloo`` for ``nccl`` and no CUDA calls. Joins an existing
+    process group instead of creating a second one.
+    """
+    missing = [key for key in ("world_size", "ip", "port") if cfg.get(key) in (None, "")]
+    if missing:
+        raise ConfigValueError(
+            f"a distributed run (local_rank={cfg['local_rank']}) needs {', '.join(missing)} in its config: "
+            "start it with recbole_cmi.distributed.run_distributed"
+        )
+    gpu_id = _gpu_id(cfg)
+    cfg["gpu_id"] = gpu_id
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id  # as RecBole does
+    cfg.setdefault("offset", 0)
+    cfg["offset"] = cfg["offset"] or 0
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="gloo",
+            rank=int(cfg["local_rank"]) + int(cfg["offset"]),
+            world_size=int(cfg["world_size"]),
+            init_method=f"tcp://{cfg['ip']}:{cfg['port']}",
+        )
+    cfg["device"] = torch.device("cpu")
+    cfg["single_spec"] = False
+    if cfg["local_rank"] != 0:
+        cfg["state"] = "error"
+        cfg["show_progress"] = False
+        cfg["verbose"] = False
+
+
+def is_distributed(config) -> bool:
+    """True in a process of a DDP run (RecBole's ``single_spec`` is False)."""
+    return config["single_spec"] is False and dist.is_available() and dist.is_initialized()
+
+
+class DeviceAwareDDP(AbstractTrainer):
+    """RecBole's ``AbstractTrainer.__init__`` with ``device_ids`` passed to DDP only for a CUDA model.
+
+    Placed after RecBole's ``Trainer`` in our trainers' bases, so that RecBole's ``Trainer.__init__``
+    reaches this instead of ``AbstractTrainer.__init__``. SyncBatchNorm (CUDA only) is used on GPUs alone.
+    """
+
+    def __init__(self, config, model):
+        self.config = config
+        self.model = model
+        if not config["single_spec"]:
+            if config["device"].type == "cuda":
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                self.distributed_model = DistributedDataParallel(self.model, device_ids=[config["local_rank"]])
+            else:
+                self.distributed_model = DistributedDataParallel(self.model)
+
+
+def same_on_all_ranks(value, config):
+    """Rank 0's ``value`` in every process of a DDP run (``value`` itself otherwise)."""
+    if not is_distributed(config):
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def barrier(config) -> None:
+    """Wait for every process of a DDP run (nothing otherwise)."""
+    if is_distributed(config):
+        dist.barrier()
+
+
+# ------------------------------------------------------------------------------------ launching
+def find_free_port(ip: str = "127.0.0.1") -> int:
+    """A TCP port that was free on ``ip`` a moment ago (bind to port 0, read it, release it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+def run_distributed(
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    config_dict=None,
+    nproc: int = 2,
+    world_size: int = -1,
+    ip: str = "127.0.0.1",
+    port: int | None = None,
+    group_offset: int = 0,
+    saved: bool = True,
+    read_argv: bool = False,
+    resume=None,
+    evaluate_test: bool = True,
+):
+    """Train and test with ``nproc`` DDP processes on this machine; global rank 0's result (else None).
+
+    Arguments as :func:`recbole_cmi.quick_start.run_recbole_cmi`, plus RecBole's ``nproc``,
+    ``world_size`` (all processes of the run; -1: ``nproc``), ``ip``/``port`` of rank 0's machine (port
+    None: a free one, single machine only) and ``group_offset`` (global rank of this machine's first
+    process). With ``read_argv`` the workers read ``--key=value`` pairs from ``sys.argv`` as the runner does.
+    The returned dict is ``run_recbole_cmi``'s.
+    """
+    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
+
+    nproc = int(nproc)
+    if nproc < 1:
+        raise ConfigValueError(f"nproc must be >= 1, got {nproc}")
+    world_size = nproc if world_size in (None, -1) else int(world_size)
+    if world_size < nproc + group_offset:
+        raise ConfigValueError(f"world_size={world_size} is smaller than nproc + group_offset = {nproc + group_offset}")
+    if port is None:
+        if world_size != nproc:
+            raise ConfigValueError("a run over several machines needs an explicit port (the same on all of them)")
+        port = find_free_port(ip)
+    settings = dict(config_dict or {})
+    settings.update(world_size=world_size, ip=ip, port=int(port), nproc=nproc, offset=int(group_offset))
+    with tempfile.TemporaryDirectory(prefix="recbole_cmi_ddp_") as tmp:
+        try:
+            mp.spawn(
+                _worker,
+                args=(model, dataset, config_file_list, settings, saved, read_argv, resume, evaluate_test, tmp),
+                nprocs=nproc,
+                join=True,
+            )
+        except ProcessException as err:
+            user_error = _user_error(tmp)
+            if user_error is not None:
+                raise user_error from err
+            raise
+        result_file = os.path.join(tmp, "result.pkl")
+        if not os.path.isfile(result_file):
+            return None
+        with open(result_file, "rb") as f:
+            return pickle.load(f)
+
+
+def _worker(local_rank, model, dataset, config_file_list, settings, saved, read_argv, resume, evaluate_test, tmp):
+    from recbole_cmi.quick_start import run_recbole_cmi
+
+    settings = dict(settings, local_rank=local_rank)
+    try:
+        result = run_recbole_cmi(
+            model,
+            dataset,
+            config_file_list,
+            settings,
+            saved=saved,
+            read_argv=read_argv,
+            resume=resume,
+            evaluate_test=evaluate_test,
+        )
+        if local_rank + settings["offset"] == 0:
+            _write_atomically(os.path.join(tmp, "result.pkl"), result)
+    except RecboleCmiError as err:  # reported by the parent as the same one-line error
+        _write_atomically(os.path.join(tmp, f"error-{local_rank}.pkl"), err)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _write_atomically(path: str, value) -> None:
+    with open(f"{path}.tmp", "wb") as f:
+        pickle.dump(value, f)
+    os.replace(f"{path}.tmp", path)
+
+
+def _user_error(tmp: str):
+    for name in sorted(os.listdir(tmp)):
+        if name.startswith("error-") and name.endswith(".pkl"):
+            with open(os.path.join(tmp, name), "rb") as f:
+                return pickle.load(f)
+    return None
+
+
+# ------------------------------------------------------------------------------------ command line
+def main(argv=None) -> int:
+    """``python -m recbole_cmi.distributed --nproc=2 --model=CMI --dataset=micro_video [--key=value ...]``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    from recbole_cmi.cli import OneLineArgumentParser, run_cli
+
+    parser = OneLineArgumentParser(
+        prog="python -m recbole_cmi.distributed",
+        description="Train and test a model with several DDP processes (gloo on CPU, nccl on GPUs).",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--model", "-m", default=None)
+    parser.add_argument("--dataset", "-d", default=None)
+    parser.add_argument("--config_files", nargs="*", default=None, help="yaml files, later ones win")
+    parser.add_argument("--nproc", type=int, default=2, help="processes on this machine (default 2)")
+    parser.add_argument("--world_size", type=int, default=-1, help="processes in all (default: nproc)")
+    parser.add_argument("--ip", default="127.0.0.1", help="address of rank 0's machine")
+    parser.add_argument("--port", type=int, default=None, help="rendezvous port (default: a free one)")
+    parser.add_argument("--group_offset", type=int, default=0, help="global rank of this machine's first process")
+    args, rest = parser.parse_known_args(argv)
+    unknown = [a for a in rest if not (a.startswith("--") and "=" in a)]
+    if unknown:
+        parser.error(f"unrecognised arguments {' '.join(unknown)}: config keys are given as --key=value")
+    config_files = [f for group in (args.config_files or []) for f in group.split()] or None
+
+    def run():
+        result = run_distributed(
+            args.model,
+            args.dataset,
+            config_files,
+            nproc=args.nproc,
+            world_size=args.world_size,
+            ip=args.ip,
+            port=args.port,
+            group_offset=args.group_offset,
+            read_argv=True,
+        )
+        if result is not None:
+            print(f"best valid: {dict(result['best_valid_result'] or {})}")
+            print(f"test result: {dict(result['test_result'] or {})}")
+            if result["saved_model_file"]:
+                print(f"saved model: {result['saved_model_file']}")
+
+    # The workers read the remaining --key=value pairs from sys.argv (spawned processes inherit it).
+    original_argv = sys.argv
+    sys.argv = [original_argv[0] if original_argv else "recbole_cmi.distributed"] + rest
+    try:
+        return run_cli(run)
+    finally:
+        sys.argv = original_argv
+
+
+if __name__ == "__main__":
+    sys.exit(main())

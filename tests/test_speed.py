@@ -1,0 +1,170 @@
+"""The speed and scale benchmark (recbole_cmi.benchmark.speed): sizes, fast generator, memory, report, a tiny run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from recbole_cmi.benchmark import speed
+from recbole_cmi.benchmark.speed import (
+    REPORT_END_MARKER,
+    ModelResult,
+    PeakMemory,
+    Size,
+    SizeResult,
+    fast_generate,
+    parse_count,
+    parse_sizes,
+)
+from recbole_cmi.data.synthetic import SECONDS_PER_DAY, SyntheticConfig
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("100k", 100_000), ("1m", 1_000_000), ("2.5M", 2_500_000), ("5000", 5000), ("1_000", 1000)]
+)
+def test_parse_count(text, value):
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "k", "1.5", "-3k", "10x", "0"])
+def test_parse_count_rejects(text):
+    with pytest.raises(ValueError):
+        parse_count(text)
+
+
+def test_parse_sizes():
+    assert parse_sizes("100k:10k, 5m:1m") == [Size(100_000, 10_000, "100k:10k"), Size(5_000_000, 1_000_000, "5m:1m")]
+    for bad in ("1m", "1m:100k:3", "500:10k", "1m:100", ","):
+        with pytest.raises(ValueError):
+            parse_sizes(bad)
+
+
+def test_fast_generator_keeps_the_simulation_and_is_seeded():
+    cfg = SyntheticConfig(n_items=2000, seed=3)
+    data = fast_generate(cfg, 20_000)
+    again = fast_generate(cfg, 20_000)
+    for field in ("users", "items", "timestamps", "item_category"):
+        np.testing.assert_array_equal(getattr(data, field), getattr(again, field))
+    assert not np.array_equal(fast_generate(SyntheticConfig(n_items=2000, seed=4), 20_000).items, data.items)
+
+    n = len(data.users)
+    assert 20_000 - cfg.max_len < n <= 20_000
+    lengths = np.bincount(data.users)[1:]
+    assert lengths.min() >= cfg.min_len and lengths.max() <= cfg.max_len
+    assert data.items.min() >= 1 and data.items.max() <= cfg.n_items
+    pairs = data.users.astype(np.int64) * (cfg.n_items + 1) + data.items
+    assert len(np.unique(pairs)) == n  # no user sees an item twice
+    same_user = data.users[1:] == data.users[:-1]
+    assert (np.diff(data.timestamps)[same_user] > 0).all()  # strictly increasing inside a user
+    assert data.timestamps.max() < cfg.n_days * SECONDS_PER_DAY + cfg.max_len
+    # Sessions stay inside one interest: consecutive items share a category far more often than 1/16.
+    category = data.item_category[data.items - 1]
+    assert (category[1:] == category[:-1])[same_user].mean() > 0.5
+    # Zipf inside a category: its most popular item is consumed far more than its median item.
+    counts = np.bincount(data.items, minlength=cfg.n_items + 1)[1:]
+    in_first = counts[data.item_category == 0]
+    assert in_first.max() > 5 * max(np.median(in_first), 1)
+
+
+def test_fast_generator_with_a_fixed_number_of_users():
+    data = fast_generate(SyntheticConfig(n_users=50, n_items=300, seed=1))
+    assert data.users.max() == 50 and len(np.unique(data.users)) == 50
+
+
+def test_peak_memory_sees_a_freed_allocation():
+    with PeakMemory() as memory:
+        block = np.ones(96 * 2**20 // 8)  # 96 MB, touched
+        del block
+    assert memory.rss_peak_delta >= 80 * 2**20
+    assert memory.cuda_peak_delta is None
+
+
+def _result(model, samples_per_s, users_per_s, rows=10_000):
+    return ModelResult(
+        model=model,
+        size="1k:1k",
+        train_rows=rows,
+        steps=10,
+        step_rows=int(samples_per_s),
+        train_seconds=1.0,
+        data_seconds=0.1,
+        eval_users=int(users_per_s),
+        eval_seconds=1.0,
+    )
+
+
+def _machine():
+    return {
+        "cpu": "test CPU",
+        "logical_cpus": 2,
+        "usable_cpus": 2,
+        "torch_threads": 2,
+        "gpu": None,
+        "python": "3",
+        "torch": "2",
+        "recbole": "1.2.1",
+        "numpy": "2",
+        "pandas": "2",
+        "os": "Linux",
+    }
+
+
+def test_report_ratios_targets_and_scaling():
+    args = speed.build_parser().parse_args([])
+    small = SizeResult(size=Size(1000, 1000, "1k:1k"), interactions=1000, users=40, items=1000)
+    small.models = [_result("CMI", 400, 100), _result("SASRec", 100, 100), _result("GRU4Rec", 200, 300)]
+    big = SizeResult(size=Size(10_000, 1000, "10k:1k"), interactions=10_000, users=400, items=1000)
+    big.models = [_result("CMI", 100, 100, rows=100_000), _result("SASRec", 100, 50, rows=100_000)]
+    big.models.append(ModelResult(model="GRU4Rec", size="10k:1k", error="RuntimeError: out of memory"))
+    text = speed.format_report([small, big], args, _machine(), "python -m recbole_cmi.benchmark speed", "now", 60)
+
+    assert "| CMI | 0 | 400 | 25.0 | 0.25x | 100 | 1.00x |" in text  # 4x SASRec's speed: a quarter of its epoch
+    assert "| 1k:1k | 0.25x met | 0.50x met | 1.00x met |" in text
+    assert "| 10k:1k | 1.00x MISSED | - | 0.50x met |" in text
+    assert "| GRU4Rec | failed: RuntimeError: out of memory |" in text
+    # us/sample 2500 -> 10000: the epoch grows 40x for 10x the rows.
+    assert "| CMI | 2,500.0 | 10,000.0 | 4.00 |" in text
+    assert "test CPU, 2 of 2 logical CPUs usable; torch threads: 2; no GPU" in text
+
+
+def test_write_report_keeps_the_hand_written_part(tmp_path):
+    out = tmp_path / "results" / "speed.md"
+    speed.write_report(out, "# first\n")
+    assert out.read_text() == f"# first\n\n{REPORT_END_MARKER}\n"
+    out.write_text(out.read_text() + "\n## Analysis\nkept\n")
+    speed.write_report(out, "# second\n")
+    assert out.read_text() == f"# second\n\n{REPORT_END_MARKER}\n\n## Analysis\nkept\n"
+
+
+def test_unknown_model_is_a_one_line_error(capsys):
+    assert speed.main(["--models", "CMI,NoSuchModel"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown model 'NoSuchModel'" in err[0]
+
+
+def test_tiny_benchmark_run(tmp_path):
+    out, raw = tmp_path / "speed.md", tmp_path / "speed.json"
+    argv = [
+        "--sizes", "3k:300", "--models", "CMI,SASRec,GRU4Rec", "--steps", "2", "--warmup", "1",
+        "--batch-size", "32", "--max-len", "10", "--d", "16", "--num-interest", "4",
+        "--eval-users", "64", "--eval-batch-size", "32", "--profile", "CMI", "--profile-steps", "1",
+        "--out", str(out), "--json", str(raw),
+    ]  # fmt: skip
+    assert speed.main(argv) == 0
+
+    text = out.read_text()
+    assert "python -m recbole_cmi.benchmark speed --sizes 3k:300 --models CMI,SASRec,GRU4Rec" in text
+    assert "## Results at 3k:300" in text and "## Profile of CMI's training step at 3k:300" in text
+    assert "| SASRec |" in text and "1.00x |" in text and text.rstrip().endswith(REPORT_END_MARKER)
+    payload = json.loads(raw.read_text())
+    (size,) = payload["sizes"]
+    assert size["interactions"] > 2900 and size["items"] <= 300
+    assert [m["model"] for m in size["models"]] == ["CMI", "SASRec", "GRU4Rec"]
+    for m in size["models"]:
+        assert m["error"] is None
+        assert m["steps"] == 2 and m["step_rows"] == 64 and m["samples_per_s"] > 0
+        assert m["epoch_seconds"] == pytest.approx(m["train_rows"] / m["samples_per_s"])
+        assert 64 <= m["eval_users"] <= 96 and m["users_per_s"] > 0
+        assert m["train_rows"] > 2000 and m["params"] > 0 and m["train_peak_rss"] >= 0
