@@ -82,14 +82,14 @@ def test_token_problem_rejects_values_recbole_cannot_read_back(value):
 
 def test_negative_kcore_is_a_config_error(tmp_path):
     with pytest.raises(ConfigValueError, match="kcore"):
-        microlens.convert(copy_fixture("microlens", tmp_path), tmp_path / "out" / "ml", kcore=-1)
+        microlens.convert(copy_fixture("lens_format", tmp_path), tmp_path / "out" / "ml", kcore=-1)
 
 
 # --- microlens ------------------------------------------------------------------------------------
 
 
 def test_microlens_tsv_order_kcore_and_hashtag_categories(tmp_path):
-    result = microlens.convert(copy_fixture("microlens", tmp_path), tmp_path / "out" / "ml", kcore=3, top_tags=2)
+    result = microlens.convert(copy_fixture("lens_format", tmp_path), tmp_path / "out" / "ml", kcore=3, top_tags=2)
     # u5 (2 items) and items 105, 106, 107 (< 3 users) go first; u4 is then left with 104 only.
     # u2's second 103 is a repeat and is dropped; timestamps are positions in each user's line.
     assert inter_rows(result) == [
@@ -119,7 +119,7 @@ def test_microlens_tsv_order_kcore_and_hashtag_categories(tmp_path):
 
 
 def test_microlens_top_tags_changes_categories_and_zero_writes_no_item_file(tmp_path):
-    raw = copy_fixture("microlens", tmp_path)
+    raw = copy_fixture("lens_format", tmp_path)
     one = microlens.convert(raw, tmp_path / "one" / "ml", kcore=3, top_tags=1)
     assert item_rows(one) == [("101", "funny"), ("102", "other"), ("103", "funny"), ("104", "other")]
     none = microlens.convert(raw, tmp_path / "one" / "ml", kcore=3, top_tags=0)
@@ -128,7 +128,7 @@ def test_microlens_top_tags_changes_categories_and_zero_writes_no_item_file(tmp_
 
 
 def test_microlens_csv_has_real_time_and_is_preferred_to_the_tsv(tmp_path):
-    raw = copy_fixture("microlens", tmp_path)
+    raw = copy_fixture("lens_format", tmp_path)
     (raw / "Tiny_pairs.csv").write_text(
         "userID,videoID,timestamp\n"
         "1,101,1600000300\n"
@@ -162,7 +162,7 @@ def test_microlens_csv_accepts_the_100k_header_and_millisecond_times(tmp_path):
 
 
 def test_microlens_several_releases_need_a_prefix(tmp_path):
-    raw = copy_fixture("microlens", tmp_path)
+    raw = copy_fixture("lens_format", tmp_path)
     shutil.copy(raw / "Tiny_pairs.tsv", raw / "Other_pairs.tsv")
     with pytest.raises(DatasetError, match="--prefix"):
         microlens.convert(raw, tmp_path / "out" / "ml", kcore=3)
@@ -202,7 +202,7 @@ def test_missing_input_folder_and_kcore_that_removes_everything(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         microlens.convert(tmp_path / "nowhere", tmp_path / "out" / "x")
     with pytest.raises(DatasetError, match="no interactions left after 9-core"):
-        microlens.convert(copy_fixture("microlens", tmp_path), tmp_path / "out" / "x", kcore=9)
+        microlens.convert(copy_fixture("lens_format", tmp_path), tmp_path / "out" / "x", kcore=9)
 
 
 # --- wechat ---------------------------------------------------------------------------------------
