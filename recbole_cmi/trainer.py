@@ -100,6 +100,8 @@ class CheckpointMixin:
     _resumed = False
 
     def __init__(self, config, model):
+        # RecBole's ensure_dir checks, then creates: two DDP ranks can race into FileExistsError.
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
         super().__init__(config, model)
         # DDP: every rank loads the checkpoint that rank 0 writes (RecBole names it after each process's clock).
         self.saved_model_file = same_on_all_ranks(self.saved_model_file, config)
