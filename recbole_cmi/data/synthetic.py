@@ -115,9 +115,10 @@ def generate(cfg: SyntheticConfig) -> SyntheticData:
                 candidates = np.setdiff1d(np.arange(cfg.n_categories), interests)
                 interests[slot] = int(rng.choice(candidates))
         days = np.sort(rng.integers(0, cfg.n_days, size=length))
-        offsets = np.sort(rng.integers(0, SECONDS_PER_DAY, size=length))
-        stamps = days * SECONDS_PER_DAY + offsets
-        stamps = np.maximum.accumulate(stamps + np.arange(length))  # strictly increasing
+        # Sorted offsets plus the position make the stamps strictly increasing; drawing the offsets
+        # below SECONDS_PER_DAY - length keeps every item inside its day (a day split needs that).
+        offsets = np.sort(rng.integers(0, SECONDS_PER_DAY - length, size=length))
+        stamps = days * SECONDS_PER_DAY + offsets + np.arange(length)
         users.append(np.full(length, user))
         items_out.append(np.asarray(sequence) + 1)
         times.append(stamps)
