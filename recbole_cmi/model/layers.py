@@ -65,6 +65,9 @@ def info_nce(
         raise ValueError(f"similarity must be 'cos' or 'dot', got {similarity!r}")
     if combine not in ("sum", "mean"):
         raise ValueError(f"combine must be 'sum' or 'mean', got {combine!r}")
+    if similarity == "cos" and not in_view_negatives and 2.0 / temperature <= _FUSED_MAX_LOGIT_RANGE:
+        total = _SymmetricCrossViewInfoNCE.apply(view_a, view_b, temperature)
+        return total if combine == "sum" else total / 2
     n = view_a.shape[0]
     # Scaling one side by 1/τ costs N·d, not N²; the two directions share one logit matrix
     # (row- and column-wise log-sum-exp), so no transposed copy is materialised.
@@ -79,3 +82,37 @@ def info_nce(
         col_lse = torch.logaddexp(col_lse, torch.logsumexp(within_b, dim=1))
     total = (row_lse - positives).mean() + (col_lse - positives).mean()
     return total if combine == "sum" else total / 2
+
+
+# Cosine logits lie in [-1/τ, 1/τ]: while that range stays below ~80, exp() of the unshifted logits
+# can neither overflow nor underflow a row's sum in float32, so one exp serves both directions.
+_FUSED_MAX_LOGIT_RANGE = 60.0
+
+
+class _SymmetricCrossViewInfoNCE(torch.autograd.Function):
+    """CMI's symmetric cross-view InfoNCE on unit vectors with one N x N exponential.
+
+    ``loss = mean_i(log r_i - S_ii) + mean_j(log c_j - S_jj)`` with ``S = A Bᵀ / τ``, ``E = exp(S)``,
+    ``r = E 1`` and ``c = Eᵀ 1``; its gradient is ``dS = (E ⊙ (1/r ⊕ 1/c) - 2I) / N``. Autograd through
+    two ``logsumexp`` calls computes four exponentials of the N x N matrix and keeps more of them.
+    """
+
+    @staticmethod
+    def forward(ctx, view_a, view_b, temperature):
+        exp_logits = ((view_a / temperature) @ view_b.T).exp_()
+        row_sum, col_sum = exp_logits.sum(dim=1), exp_logits.sum(dim=0)
+        positives = (view_a * view_b).sum(dim=1) / temperature
+        ctx.save_for_backward(view_a, view_b, exp_logits, row_sum, col_sum)
+        ctx.temperature = temperature
+        n = view_a.shape[0]
+        return (row_sum.log().sum() + col_sum.log().sum() - 2 * positives.sum()) / n
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        view_a, view_b, exp_logits, row_sum, col_sum = ctx.saved_tensors
+        n, temperature = view_a.shape[0], ctx.temperature
+        scale = grad_output / (n * temperature)  # d loss / d(a·b) = dS / τ
+        # Out of place: a second backward (retain_graph=True) must find the saved tensors intact.
+        grad_dots = exp_logits * ((scale / row_sum).unsqueeze(1) + (scale / col_sum).unsqueeze(0))
+        grad_dots.diagonal().sub_(2.0 * scale)
+        return grad_dots @ view_b, grad_dots.T @ view_a, None

@@ -15,6 +15,7 @@ from recbole.data.interaction import Interaction
 from recbole_cmi.data.sampler import SHARED_NEG_FIELD, SharedNegatives, uniform_negatives
 from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.model.cmi import orthogonality_loss, uniformity_loss
+from recbole_cmi.model.layers import info_nce
 from recbole_cmi.quick_start import prepare, run_recbole_cmi
 
 
@@ -145,6 +146,33 @@ def test_loss_terms_equal_brute_force(built):
     g = F.normalize(model.category_embedding.weight, dim=-1)
     assert orth.item() == pytest.approx(model.orth_weight * orthogonality_loss(g).item(), rel=1e-5)
     assert uni.item() > 0
+
+
+def test_fused_info_nce_value_and_gradients_match_autograd():
+    """The one-exponential InfoNCE used for cosine logits = autograd through log-softmax, value and grads."""
+    generator = torch.Generator().manual_seed(0)
+    raw_a = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    raw_b = torch.randn(7, 5, dtype=torch.float64, generator=generator, requires_grad=True)
+    temperature = 0.1
+
+    fused = info_nce(raw_a, raw_b, temperature, "cos")
+    fused_grads = torch.autograd.grad(fused, (raw_a, raw_b))
+
+    a, b = F.normalize(raw_a, dim=-1), F.normalize(raw_b, dim=-1)
+    logits = a @ b.T / temperature
+    positives = torch.arange(7)
+    reference = F.cross_entropy(logits, positives) + F.cross_entropy(logits.T, positives)
+    reference_grads = torch.autograd.grad(reference, (raw_a, raw_b))
+
+    assert fused.item() == pytest.approx(reference.item(), rel=1e-12)
+    for got, want in zip(fused_grads, reference_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert info_nce(raw_a, raw_b, temperature, "cos", combine="mean").item() == pytest.approx(fused.item() / 2)
+    # Too small a temperature for unshifted exponentials: the log-sum-exp path gives the same loss.
+    sharp = info_nce(raw_a, raw_b, 0.02, "cos")
+    sharp_logits = a @ b.T / 0.02
+    want = F.cross_entropy(sharp_logits, positives) + F.cross_entropy(sharp_logits.T, positives)
+    assert sharp.item() == pytest.approx(want.item(), rel=1e-10)
 
 
 def test_sphere_projection_keeps_rows_on_the_unit_sphere(built):
