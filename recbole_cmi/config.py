@@ -204,6 +204,7 @@ class Config(recbole.config.Config):
         check("stopping_step", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
         check("eval_step", _is_int, "an integer; <= 0 turns validation off")
         check("seed", _is_int, "an integer")
+        check("exclude_history_items", lambda v: isinstance(v, bool), "True or False")
         if cfg.get("MODEL_TYPE") == ModelType.SEQUENTIAL:
             check(
                 "MAX_ITEM_LIST_LENGTH",

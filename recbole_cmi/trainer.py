@@ -21,6 +21,10 @@
 * Anomaly mode is off while we train (see ``recbole_cmi.compat``).
 * Distributed (DDP) runs (:mod:`recbole_cmi.distributed`): DDP works on the CPU too, every rank uses rank 0's
   checkpoint name and waits for rank 0 to have written it before loading it.
+* ``exclude_history_items: True``: full-sort validation and test (``eval_protocol: loo``) give the items of
+  each user's input history (``item_id_list``) the score -inf, as the CMI authors' retrieval drops them
+  (cmi.md §4); every sequential model is evaluated so. General models already have RecBole's own
+  history mask.
 * Under ``eval_protocol: multi_target`` validation and test use that protocol's evaluator
   (:mod:`recbole_cmi.data.protocol`), so early stopping follows its validation metric.
 """
@@ -41,7 +45,7 @@ from recbole_cmi.data.protocol import MultiTargetEvalLoader, evaluate_multi_targ
 from recbole_cmi.distributed import DeviceAwareDDP, barrier, same_on_all_ranks
 from recbole_cmi.errors import CheckpointError, NonFiniteLossError
 
-__all__ = ["CheckpointMixin", "NonFiniteLossError", "Trainer", "last_checkpoint_path"]
+__all__ = ["CheckpointMixin", "HistoryExclusionMixin", "NonFiniteLossError", "Trainer", "last_checkpoint_path"]
 
 
 def last_checkpoint_path(saved_model_file) -> str:
@@ -235,6 +239,22 @@ class CheckpointMixin:
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
 
+class HistoryExclusionMixin:
+    """Full-sort evaluation that, with ``exclude_history_items: True``, never ranks an input-history item."""
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        history_field = self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"]
+        if self.config["exclude_history_items"] and history_field in interaction:
+            # Padding is item 0, which RecBole already scores -inf.
+            scores.scatter_(1, interaction[history_field].to(scores.device), float("-inf"))
+        return interaction, scores, positive_u, positive_i
+
+
+#: What every trainer of a recbole_cmi run has on top of RecBole's (ours and core models' own trainers).
+PLUGIN_TRAINER_MIXINS = (CheckpointMixin, HistoryExclusionMixin)
+
+
 def _config_value(config, key):
     final = getattr(config, "final_config_dict", None)
     if isinstance(final, dict):
@@ -244,7 +264,7 @@ def _config_value(config, key):
     return None
 
 
-class Trainer(CheckpointMixin, RecBoleTrainer, DeviceAwareDDP):  # DeviceAwareDDP: DDP on CPU as well
+class Trainer(*PLUGIN_TRAINER_MIXINS, RecBoleTrainer, DeviceAwareDDP):  # DeviceAwareDDP: DDP on CPU as well
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         disable_anomaly_mode()
         if hasattr(train_data, "bind_model"):

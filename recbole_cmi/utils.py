@@ -112,8 +112,8 @@ def get_model(model_name: str):
 def get_trainer(model_type, model_name: str):
     """Our :class:`recbole_cmi.trainer.Trainer`, or a model's own trainer from either package.
 
-    A core-specific trainer (``recbole.trainer.<Model>Trainer``) gets our checkpoint handling
-    mixed in, so every run loads its checkpoints the same way.
+    A core-specific trainer (``recbole.trainer.<Model>Trainer``) gets our checkpoint handling and
+    evaluation options mixed in, so every run loads checkpoints and ranks items the same way.
     """
     from recbole_cmi import trainer as ours
 
@@ -123,4 +123,4 @@ def get_trainer(model_type, model_name: str):
     core = getattr(importlib.import_module("recbole.trainer"), f"{model_name}Trainer", None)
     if core is None:
         return ours.Trainer
-    return type(core.__name__, (ours.CheckpointMixin, core), {})
+    return type(core.__name__, (*ours.PLUGIN_TRAINER_MIXINS, core), {})

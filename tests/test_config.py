@@ -214,6 +214,7 @@ def test_dataset_folder_without_atomic_files_fails_before_recbole_would_download
 # --- value checks -----------------------------------------------------------------------------
 
 BAD_VALUES = [
+    ("exclude_history_items", "yes", "True or False"),
     ("epochs", -1, "integer >= 0"),
     ("epochs", "abc", "integer >= 0"),
     ("epochs", True, "integer >= 0"),

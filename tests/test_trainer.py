@@ -202,3 +202,25 @@ def test_save_last_checkpoint_false_skips_the_last_file(trainer, monkeypatch):
     monkeypatch.setitem(trainer.config.final_config_dict, "save_last_checkpoint", True)
     trainer._save_last_checkpoint(0)
     assert load_checkpoint(trainer.last_model_file)["kind"] == "last"
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_exclude_history_items_masks_exactly_the_input_history(trainer, prepared, monkeypatch, exclude):
+    config, (_, _, test_data), model = prepared
+    model.eval()
+    batch = next(iter(test_data))
+    trainer.tot_item_num = test_data._dataset.item_num  # set by Trainer.evaluate
+    monkeypatch.setitem(config.final_config_dict, "exclude_history_items", False)
+    with torch.no_grad():
+        _, plain, _, _ = trainer._full_sort_batch_eval(batch)
+        monkeypatch.setitem(config.final_config_dict, "exclude_history_items", exclude)
+        interaction, scores, _, _ = trainer._full_sort_batch_eval(batch)
+    history = interaction[config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]]
+    in_history = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, history, True)
+    in_history[:, 0] = False  # padding: -inf either way
+    assert in_history.any()
+    if exclude:
+        assert torch.isneginf(scores[in_history]).all()
+    else:
+        assert torch.equal(scores[in_history], plain[in_history]) and torch.isfinite(scores[in_history]).all()
+    assert torch.equal(scores[~in_history], plain[~in_history])
