@@ -1,10 +1,14 @@
-"""python -m recbole_cmi.benchmark accuracy: a tiny 2-model x 2-seed benchmark (table from the csv) with a third
-model that fails (recorded while the rest continue), --resume, timeouts, and the command line's one-line errors."""
+"""python -m recbole_cmi.benchmark accuracy: a tiny 2-model x 2-seed benchmark (table and chart from the csv) with a
+third model that fails (recorded while the rest continue), --resume, timeouts, the paired t-test on hand-computed
+numbers, the chart (and its absence without matplotlib), and the command line's one-line errors."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import statistics
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,15 @@ from conftest import TINY_SETTINGS
 from recbole_cmi.benchmark import report
 from recbole_cmi.benchmark.__main__ import SUBCOMMANDS
 from recbole_cmi.benchmark.__main__ import main as benchmark_main
-from recbole_cmi.benchmark.accuracy import BenchmarkSettings, parse_value, run_benchmark
+from recbole_cmi.benchmark.accuracy import (
+    BenchmarkSettings,
+    config_sha,
+    cuda_peak_mib,
+    parse_value,
+    peak_rss_mib,
+    run_benchmark,
+    shared_config,
+)
 from recbole_cmi.errors import ConfigValueError, UnknownModelError
 
 # Tiny models; keys a model does not read are ignored by it.
@@ -41,9 +53,22 @@ def two_by_two(tiny_data_root, tmp_path_factory):
     return run_benchmark(given), given
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # the IHDR chunk
+
+
 def test_two_models_two_seeds_write_the_csv_and_the_table_from_it(two_by_two):
-    outcome, _ = two_by_two
-    assert outcome.csv_path.name == "tiny-loo.csv" and outcome.md_path.name == "tiny-loo.md"
+    outcome, given = two_by_two
+    folder = Path(given.out) / "tiny"
+    assert (outcome.csv_path, outcome.md_path, outcome.png_path) == (
+        folder / "loo.csv", folder / "loo.md", folder / "loo.png",
+    )  # fmt: skip
+    assert sorted(os.listdir(folder)) == ["loo.csv", "loo.md", "loo.png"]  # no temporary file left behind
     rows = [r for r in report.read_runs(outcome.csv_path) if r["status"] == "ok"]
     assert [(r["model"], r["seed"]) for r in rows] == [
         ("SASRec", "2022"), ("GRU4Rec", "2022"), ("SASRec", "2023"), ("GRU4Rec", "2023"),
@@ -63,8 +88,18 @@ def test_two_models_two_seeds_write_the_csv_and_the_table_from_it(two_by_two):
             assert cell in line, (model, column, line)
         seconds = statistics.fmean(float(r["train_s_per_epoch"]) for r in runs)
         assert f"{seconds:.1f} ±" in line
+        eval_s = [float(r["eval_s"]) for r in runs]
+        rss = [float(r["peak_rss_mib"]) for r in runs]
+        assert all(0 < s < float(r["total_s"]) for s, r in zip(eval_s, runs))
+        assert all(100 < mib < 64 * 1024 for mib in rss)  # Python + torch alone take well over 100 MiB
+        assert all(r["cuda_peak_mib"] == "" for r in runs)  # CPU runs
+        assert f"| {statistics.fmean(eval_s):.2f} ± {statistics.stdev(eval_s):.2f} | " in line
+        assert f"| {statistics.fmean(rss):.0f} ± {statistics.stdev(rss):.0f} | 2/2 |" in line
         assert line.endswith("| 2/2 |")
     assert "| model | Recall@10 | Recall@20 | Recall@50 | NDCG@10 |" in text
+    assert "| train s/epoch | eval s | peak RSS MiB | runs ok |" in text and "peak CUDA MiB |" not in text
+    assert "![chart](loo.png)" in text
+    assert png_size(outcome.png_path) == (500, 360)  # 2 models drawn (ComiRecSA has no number): 5 x 3.6 in, 100 dpi
     assert "embedding_size: 16" in text and "eval_protocol: loo" in text
     for package in ("torch", "recbole", "numpy", "recbole_cmi"):
         assert f"{package} " in text
@@ -85,6 +120,7 @@ def test_a_failing_model_is_recorded_and_the_others_continue(two_by_two):
     assert "## Failed runs" in text and "| ComiRecSA | 2022 |" in text and "| ComiRecSA | 2023 |" in text
     assert "| ComiRecSA | – |" in text and "| 0/2 |" in text  # no numbers for a model without a finished run
     assert (tmp_path / "work" / "ComiRecSA-seed2022" / "run.log").is_file()  # its log is kept
+    assert rows[2]["eval_s"] == rows[2]["peak_rss_mib"] == ""  # measured only by a run that finished
     assert not (tmp_path / "work" / "GRU4Rec-seed2022" / "saved").exists()  # checkpoints are not
 
 
@@ -101,6 +137,130 @@ def test_resume_skips_finished_runs_and_refuses_another_config(two_by_two):
     other = dataclasses.replace(given, resume=True, overrides={**given.overrides, "epochs": 2})
     with pytest.raises(ConfigValueError, match="another shared config"):
         run_benchmark(other)
+
+
+def test_the_paired_comparison_of_the_real_runs(two_by_two):
+    outcome, _ = two_by_two
+    rows = report.read_runs(outcome.csv_path)
+    text = outcome.md_path.read_text()
+    # No CMI among the models: the first one listed (SASRec) is compared with the others, and the heading says so.
+    assert "## Paired comparison (SASRec − baseline, paired by seed; CMI was not run" in text
+    for key, label in (("recall@20", "Recall@20"), ("ndcg@20", "NDCG@20")):
+        value = {(r["model"], r["seed"]): float(r[f"test_{key}"]) for r in rows if r["status"] == "ok"}
+        diffs = [value["SASRec", seed] - value["GRU4Rec", seed] for seed in ("2022", "2023")]
+        mean = statistics.fmean(diffs)
+        if max(diffs) - min(diffs) <= report.ZERO_SPREAD:
+            p = "no p-value: all 2 differences are equal (zero variance)"
+        else:  # two pairs: t has 1 degree of freedom, whose CDF is 1/2 + atan(t) / pi
+            t = mean / (statistics.stdev(diffs) / math.sqrt(2))
+            p = report.format_p(1 - 2 * math.atan(abs(t)) / math.pi)
+        assert f"| GRU4Rec | {label} | {mean:+.4f} | 2 | {p} |" in text
+        assert f"| ComiRecSA | {label} | – | 0 | n/a (need ≥ 2 paired seeds) |" in text  # it never finished
+
+
+def test_paired_t_test_on_hand_computed_numbers():
+    test = report.paired_t_test([0.11, 0.22, 0.33], [0.10, 0.20, 0.30])  # differences 0.01, 0.02, 0.03
+    assert test.n == 3 and test.mean_diff == pytest.approx(0.02) and test.note == ""
+    # t = mean / (sd / sqrt(n)) = 0.02 / (0.01 / sqrt(3)); with n - 1 = 2 degrees of freedom the t CDF is
+    # 1/2 + t / (2 sqrt(2 + t^2)), so the two-sided p-value is 1 - t / sqrt(2 + t^2) (0.0742).
+    t = 0.02 / (0.01 / math.sqrt(3))
+    assert test.p_value == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    assert test.p_value == pytest.approx(0.07418, abs=1e-5)
+    # The sign follows reference - baseline.
+    assert report.paired_t_test([0.10, 0.20, 0.30], [0.11, 0.22, 0.33]).mean_diff == pytest.approx(-0.02)
+    one = report.paired_t_test([0.3], [0.1])
+    assert (one.n, one.p_value, one.note) == (1, None, "n/a (need ≥ 2 paired seeds)")
+    assert one.mean_diff == pytest.approx(0.2)
+    none = report.paired_t_test([], [])
+    assert (none.n, none.mean_diff, none.p_value) == (0, None, None)
+    # Equal differences (up to float noise of a - b): no t-test rather than nan or a spurious tiny p.
+    equal = report.paired_t_test([0.11, 0.22, 0.33], [0.06, 0.17, 0.28])
+    assert equal.p_value is None and equal.note == "no p-value: all 3 differences are equal (zero variance)"
+    assert equal.mean_diff == pytest.approx(0.05)
+
+
+def hand_rows() -> list[dict]:
+    """CMI beats SASRec by 0.01, 0.02, 0.03 on seeds 2022-2024; GRU4Rec finished only seed 2022."""
+    rows = []
+    for seed, cmi, sasrec in ((2023, 0.22, 0.20), (2022, 0.11, 0.10), (2024, 0.33, 0.30)):  # out of order
+        rows.append({"model": "CMI", "seed": str(seed), "status": "ok", "test_recall@20": cmi, "test_ndcg@20": cmi / 2})
+        rows.append({"model": "SASRec", "seed": str(seed), "status": "ok", "test_recall@20": sasrec,
+                     "test_ndcg@20": sasrec / 2})  # fmt: skip
+    rows.append({"model": "GRU4Rec", "seed": "2022", "status": "ok", "test_recall@20": 0.05, "test_ndcg@20": 0.02})
+    rows.append({"model": "GRU4Rec", "seed": "2023", "status": "failed", "test_recall@20": "", "test_ndcg@20": ""})
+    return rows
+
+
+def test_runs_are_paired_by_seed_where_both_finished():
+    rows = hand_rows()
+    assert report.paired_values(rows, "CMI", "SASRec", "test_recall@20") == (
+        ["2022", "2023", "2024"], [0.11, 0.22, 0.33], [0.10, 0.20, 0.30],
+    )  # fmt: skip
+    assert report.paired_values(rows, "CMI", "GRU4Rec", "test_recall@20") == (["2022"], [0.11], [0.05])
+    assert report.paired_keys(["recall@10", "recall@20", "ndcg@20", "recall@50"], "Recall@50") == [
+        "recall@20", "ndcg@20", "recall@50",
+    ]  # fmt: skip
+    assert report.paired_keys(["hit@5", "mrr@5", "ndcg@5"], None) == ["hit@5", "mrr@5"]
+    lines = report.paired_section(rows, ["SASRec", "CMI", "GRU4Rec"], ["recall@20", "ndcg@20"], "NDCG@20")
+    assert lines[0] == "## Paired comparison (CMI − baseline, paired by seed)"  # CMI, wherever it is listed
+    t = 0.02 / (0.01 / math.sqrt(3))
+    p = 1 - t / math.sqrt(2 + t * t)  # as in the test above: 0.0742
+    assert f"| SASRec | Recall@20 | +0.0200 | 3 | {p:.4f} |" in lines
+    assert f"| SASRec | NDCG@20 | +0.0100 | 3 | {p:.4f} |" in lines  # halved values: same t
+    assert "| GRU4Rec | Recall@20 | +0.0600 | 1 | n/a (need ≥ 2 paired seeds) |" in lines
+    assert "| GRU4Rec | NDCG@20 | +0.0350 | 1 | n/a (need ≥ 2 paired seeds) |" in lines
+    assert not any("| CMI |" in line for line in lines)
+    assert "NDCG@20 is the validation metric" in lines[2]
+    other = report.paired_section(rows, ["SASRec", "GRU4Rec"], ["recall@20"], None)
+    assert other[0].startswith("## Paired comparison (SASRec − baseline, paired by seed; CMI was not run")
+    assert "| GRU4Rec | Recall@20 | +0.0500 | 1 | n/a (need ≥ 2 paired seeds) |" in other
+    assert report.paired_section(rows, ["CMI"], ["recall@20"], None) == []  # nothing to compare with
+
+
+def test_the_chart_is_written_atomically_next_to_the_table(tmp_path):
+    summaries = report.summarize(hand_rows(), ["CMI", "SASRec", "GRU4Rec"])
+    keys = report.chart_keys(["recall@10", "recall@20", "ndcg@20"])
+    assert keys == ["recall@20", "ndcg@20"] and report.chart_keys(["hit@5", "mrr@5", "ndcg@5"]) == ["hit@5", "mrr@5"]
+    assert report.write_chart(tmp_path / "loo.png", summaries, keys, "tiny, protocol loo") is None
+    assert png_size(tmp_path / "loo.png") == (560, 360)  # 3 models: 1.2 * 3 + 2 inches wide at 100 dpi
+    assert os.listdir(tmp_path) == ["loo.png"]  # the temporary file was renamed
+    failed = report.summarize([{"model": "A", "status": "failed"}], ["A"])
+    assert report.write_chart(tmp_path / "none.png", failed, keys) == "no chart yet: no finished run"
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_without_matplotlib_the_benchmark_skips_the_chart_with_one_line(tiny_data_root, tmp_path, monkeypatch, capsys):
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    given = settings(tiny_data_root, tmp_path, models=["SASRec", "GRU4Rec"], resume=True)
+    folder = Path(given.out) / "tiny"
+    folder.mkdir(parents=True)
+    sha = config_sha(given, shared_config(given))
+    rows = [{"model": m, "seed": s, "status": "ok", "config_sha": sha, "test_recall@20": v, "test_ndcg@20": v / 2}
+            for m, s, v in (("SASRec", 2022, 0.3), ("GRU4Rec", 2022, 0.2), ("SASRec", 2023, 0.4), ("GRU4Rec", 2023, 0.25))]  # fmt: skip
+    report.write_runs(folder / "loo.csv", rows)
+    # Every run finished in the csv at <out>/<dataset>/<protocol>.csv: --resume runs nothing, only rewrites.
+    outcome = run_benchmark(given)
+    assert outcome.png_path is None and not (folder / "loo.png").exists()
+    assert not (tmp_path / "work").exists() or not os.listdir(tmp_path / "work")  # no run started
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "resuming: 4 finished runs in " + str(folder / "loo.csv") + " are kept",
+        "no chart: matplotlib is not installed (pip install matplotlib to get one)",
+    ]
+    text = outcome.md_path.read_text()
+    assert "![chart]" not in text and "| SASRec | **0.3500 ± 0.0707** | **0.1750 ± 0.0354** |" in text
+    # Differences 0.10 and 0.15: t = 0.125 / (0.0354 / sqrt(2)) = 5 with 1 degree of freedom, p = 1 - 2 atan(5) / pi.
+    assert f"| GRU4Rec | Recall@20 | +0.1250 | 2 | {1 - 2 * math.atan(5) / math.pi:.4f} |" in text
+    assert "| GRU4Rec | Recall@20 | +0.1250 | 2 | 0.1257 |" in text
+
+
+def test_memory_of_this_process():
+    import resource
+
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux; the peak only grows
+    assert kib / 1024 - 0.1 <= peak_rss_mib() <= kib / 1024 + 1
+    assert cuda_peak_mib("cpu") is None  # no CUDA column for CPU runs
 
 
 def test_a_run_past_its_timeout_is_recorded(tiny_data_root, tmp_path):

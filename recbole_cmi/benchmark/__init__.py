@@ -1,6 +1,6 @@
 """Reproducible benchmarks: ``python -m recbole_cmi.benchmark <subcommand>`` (see ``__main__``).
 
 ``accuracy`` (:func:`recbole_cmi.benchmark.accuracy.run_benchmark`) trains every model x seed under
-one shared config, each run in its own subprocess, and writes ``results/<dataset>-<protocol>.md``
-and ``.csv``. Nothing here is imported until a subcommand is named.
+one shared config, each run in its own subprocess, and writes ``results/<dataset>/<protocol>.md``,
+``.csv`` and ``.png``. Nothing here is imported until a subcommand is named.
 """

@@ -20,11 +20,16 @@
   ``run.log`` (stdout and stderr); its checkpoints are deleted when it ends. A run that fails (an
   error, a crash, ``--run_timeout`` seconds exceeded) is recorded with a one-line error and the
   benchmark goes on.
-* **Output.** After every run ``<out>/<dataset>-<protocol>.csv`` (one row per run) and ``.md`` (per
-  model mean ± sample std over seeds, epochs run, training seconds per epoch, the command, the
-  shared config, package versions, the machine) are rewritten atomically, so a killed benchmark keeps
-  what finished. ``--resume`` skips the runs that finished in that csv (failed ones run again); the
-  csv must come from the same shared config (its ``config_sha``).
+* **Output.** After every run ``<out>/<dataset>/<protocol>.csv`` (one row per run), ``.md`` (per
+  model mean ± sample std over seeds, epochs run, training seconds per epoch, test evaluation
+  seconds, peak memory; a paired t-test over seeds of CMI against each baseline; the dataset's
+  statistics, the command, the shared config, package versions, the machine) and ``.png`` (a chart
+  of two test metrics; skipped where matplotlib is missing) are rewritten atomically, so a killed
+  benchmark keeps what finished. ``--resume`` skips the runs that finished in that csv (failed ones
+  run again); the csv must come from the same shared config (its ``config_sha``).
+* **Measured in the run's process**: the seconds of every training epoch and validation, of the
+  test-set evaluation, the peak resident set size (``ru_maxrss``) and, on a GPU,
+  ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class BenchmarkOutcome:
     rows: list[dict]
     csv_path: Path
     md_path: Path
+    png_path: Path | None  # None where no chart was drawn (no finished run, no matplotlib)
     work_dir: Path
 
 
@@ -116,7 +122,7 @@ def build_parser() -> OneLineArgumentParser:
     parser.add_argument("--seeds", type=int, default=3, help=f"number of seeds: {FIRST_SEED}, {FIRST_SEED + 1}, ...")
     parser.add_argument("--protocol", default="loo", help="loo (RecBole leave-one-out) or multi_target (the paper's)")
     parser.add_argument("--config_files", nargs="*", default=None, help="yaml files shared by every run")
-    parser.add_argument("--out", default="results", help="folder of <dataset>-<protocol>.md and .csv")
+    parser.add_argument("--out", default="results", help="writes <out>/<dataset>/<protocol>.md, .csv and .png")
     parser.add_argument("--resume", action="store_true", help="skip the runs that finished in the existing csv")
     parser.add_argument("--run_timeout", type=float, default=None, help="seconds after which a run is stopped")
     parser.add_argument("--work_dir", default=None, help="folder for the runs' logs (default: a new temp folder)")
@@ -173,7 +179,8 @@ def main(argv=None) -> int:
     def action():
         outcome = run_benchmark(settings)
         ok = sum(1 for row in outcome.rows if row.get("status") == "ok")
-        print(f"{ok}/{len(outcome.rows)} runs finished; table: {outcome.md_path}; runs: {outcome.csv_path}")
+        chart = f"; chart: {outcome.png_path}" if outcome.png_path else ""
+        print(f"{ok}/{len(outcome.rows)} runs finished; table: {outcome.md_path}; runs: {outcome.csv_path}{chart}")
         print(f"run logs: {outcome.work_dir}")
 
     return run_cli(action)
@@ -187,34 +194,47 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkOutcome:
     models = _check_settings(settings)
     shared = shared_config(settings)
     sha = config_sha(settings, shared)
-    out = Path(settings.out)
+    out = Path(settings.out) / settings.dataset
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{settings.dataset}-{settings.protocol}"
-    csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
+    csv_path, md_path, png_path = (out / f"{settings.protocol}{suffix}" for suffix in (".csv", ".md", ".png"))
+    if settings.resume and not csv_path.is_file():
+        # Earlier versions wrote <out>/<dataset>-<protocol>.csv: point at it rather than rerun silently.
+        old = Path(settings.out) / f"{settings.dataset}-{settings.protocol}.csv"
+        hint = f" ({old} is of the earlier layout: move it there to resume it)" if old.is_file() else ""
+        print(f"--resume: no {csv_path} yet, every run starts{hint}")
     rows = _previous_rows(csv_path, sha) if settings.resume else []
     done = {(row["model"], str(row["seed"])) for row in rows if row.get("status") == "ok"}
     seeds = [FIRST_SEED + i for i in range(settings.seeds)]
     plan = [(seed, model) for seed in seeds for model in models if (model, str(seed)) not in done]
-    work_dir = Path(settings.work_dir) if settings.work_dir else Path(tempfile.mkdtemp(prefix=f"bench-{stem}-"))
+    prefix = f"bench-{settings.dataset}-{settings.protocol}-"
+    work_dir = Path(settings.work_dir) if settings.work_dir else Path(tempfile.mkdtemp(prefix=prefix))
     work_dir.mkdir(parents=True, exist_ok=True)
     meta = report_meta(settings, models, seeds, shared, csv_path)
+    chart_notes = []  # why the chart was skipped, each said once (not after every run)
+
+    def publish(rows):
+        report.write_runs(csv_path, rows)
+        meta["dataset_stats"] = _dataset_stats(rows) or meta.get("dataset_stats")
+        meta["written"] = _now()
+        why = report.write_report(md_path, rows, meta, png_path)
+        if why and why not in chart_notes:
+            chart_notes.append(why)
+            print(why, flush=True)
+        return why is None
+
     if done:
         print(f"resuming: {len(done)} finished runs in {csv_path} are kept")
+    charted = False
     for index, (seed, model) in enumerate(plan, 1):
         print(f"[{index}/{len(plan)}] {model} seed {seed} ...", flush=True)
         row = run_one(settings, model, seed, shared, sha, work_dir)
         rows = [r for r in rows if not (r["model"] == model and str(r["seed"]) == str(seed))] + [row]
-        report.write_runs(csv_path, rows)
-        meta["dataset_stats"] = _dataset_stats(rows) or meta.get("dataset_stats")
-        meta["written"] = _now()
-        report.write_atomic(md_path, report.markdown(rows, meta))
+        charted = publish(rows)
         print(f"[{index}/{len(plan)}] {model} seed {seed}: {_progress_line(row)}", flush=True)
-    if not plan:  # nothing left to run: refresh the table from the csv
-        meta["dataset_stats"] = _dataset_stats(rows)
-        meta["written"] = _now()
-        report.write_runs(csv_path, rows)
-        report.write_atomic(md_path, report.markdown(rows, meta))
-    return BenchmarkOutcome(rows=rows, csv_path=csv_path, md_path=md_path, work_dir=work_dir)
+    if not plan:  # nothing left to run: refresh the table (and chart) from the csv
+        charted = publish(rows)
+    png = png_path if charted else None
+    return BenchmarkOutcome(rows=rows, csv_path=csv_path, md_path=md_path, png_path=png, work_dir=work_dir)
 
 
 def _check_settings(settings: BenchmarkSettings) -> list[str]:
@@ -346,7 +366,8 @@ def _progress_line(row: dict) -> str:
     test = row.get(f"{report.TEST_PREFIX}{metric}")
     return (
         f"ok in {row.get('total_s')} s ({row.get('epochs_run')} epochs, {row.get('train_s_per_epoch')} s/epoch "
-        f"training; test {metric} {test})"
+        f"training, {row.get('eval_s')} s test evaluation, peak RSS {row.get('peak_rss_mib')} MiB; "
+        f"test {metric} {test})"
     )
 
 
@@ -474,7 +495,9 @@ def train_and_test(spec: dict) -> dict:
             best.update(score=score, epoch=epoch_idx + 1)  # 1-based, like epochs_run
 
     best_valid_score, _ = trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=track_best)
+    eval_start = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    eval_seconds = time.perf_counter() - eval_start
     getLogger().info(f"test result: {test_result}")
     row = {
         "status": "ok",
@@ -487,6 +510,9 @@ def train_and_test(spec: dict) -> dict:
         "stopping_step": config["stopping_step"],
         "train_s_per_epoch": round(sum(train_seconds) / len(train_seconds), 2) if train_seconds else None,
         "valid_s_per_epoch": round(sum(valid_seconds) / len(valid_seconds), 2) if valid_seconds else None,
+        "eval_s": round(eval_seconds, 3),
+        "peak_rss_mib": peak_rss_mib(),
+        "cuda_peak_mib": cuda_peak_mib(config["device"]),
         "total_s": round(time.perf_counter() - start, 1),
         "device": str(config["device"]),
         "n_users": dataset.user_num - 1,  # id 0 is padding
@@ -502,6 +528,26 @@ def train_and_test(spec: dict) -> dict:
     for key, value in (test_result or {}).items():
         row[f"{report.TEST_PREFIX}{key}"] = float(value)
     return row
+
+
+def peak_rss_mib() -> float | None:
+    """This process's peak resident set size in MiB (None where ``resource`` is missing: Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024**2 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
+
+
+def cuda_peak_mib(device) -> float | None:
+    """``torch.cuda.max_memory_allocated`` in MiB when ``device`` is a GPU, else None."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 1024**2, 1)
 
 
 def _load_average() -> str:
