@@ -110,9 +110,13 @@ class _SymmetricCrossViewInfoNCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         view_a, view_b, exp_logits, row_sum, col_sum = ctx.saved_tensors
-        n, temperature = view_a.shape[0], ctx.temperature
-        scale = grad_output / (n * temperature)  # d loss / d(a·b) = dS / τ
-        # Out of place: a second backward (retain_graph=True) must find the saved tensors intact.
-        grad_dots = exp_logits * ((scale / row_sum).unsqueeze(1) + (scale / col_sum).unsqueeze(0))
-        grad_dots.diagonal().sub_(2.0 * scale)
-        return grad_dots @ view_b, grad_dots.T @ view_a, None
+        n, d = view_a.shape
+        scale = grad_output / (n * ctx.temperature)  # d loss / d(a·b) = dS / τ
+        row_weight, col_weight = (scale / row_sum).unsqueeze(1), (scale / col_sum).unsqueeze(1)
+        # dA = (E ⊙ (w_r ⊕ w_c)) B - 2sB = w_r ⊙ (E B) + E (w_c ⊙ B) - 2sB, and dB likewise with Eᵀ:
+        # two GEMMs with 2d columns and no N x N temporary (E is only read).
+        e_b = exp_logits @ torch.cat([view_b, col_weight * view_b], dim=1)
+        e_t_a = exp_logits.T @ torch.cat([row_weight * view_a, view_a], dim=1)
+        grad_a = row_weight * e_b[:, :d] + e_b[:, d:] - 2.0 * scale * view_b
+        grad_b = e_t_a[:, :d] + col_weight * e_t_a[:, d:] - 2.0 * scale * view_a
+        return grad_a, grad_b, None
