@@ -77,7 +77,9 @@ def test_two_models_two_seeds_write_the_csv_and_the_table_from_it(two_by_two):
     assert all(r["embedding_size"] == "16" and r["hidden_size"] == "16" for r in rows)  # one shared d
     assert all(r["valid_metric"] == "NDCG@20" and int(r["epochs_run"]) == 1 for r in rows)
     assert {r["n_test_users"] for r in rows} == {"60"}
+    assert {r["exclude_history_items"] for r in rows} == {"False"}  # the tiny dataset keeps RecBole's ranking
     text = outcome.md_path.read_text()
+    assert "all items are ranked (history items included, as RecBole does for sequential models" in text
     columns = ["test_recall@10", "test_ndcg@20", "test_hit@50"]
     for model in ("SASRec", "GRU4Rec"):
         runs = [r for r in rows if r["model"] == model]
@@ -319,3 +321,10 @@ def test_command_line_errors_are_one_line(capsys):
     ]
     assert benchmark_main(["accuracy", "--dataset=tiny", "--models=SASRec,NoSuchModel"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[0].startswith("error: unknown model 'NoSuchModel'")
+
+
+def test_the_protocol_line_says_whether_history_items_are_ranked():
+    assert "except the items of the input history" in report._history_rule(True)
+    assert "except the items of the input history" in report._history_rule("True")  # as read back from the csv
+    assert "history items included" in report._history_rule("False")
+    assert report._history_rule("True / False") == "`exclude_history_items`: True / False"  # runs disagree

@@ -67,8 +67,7 @@ PROTOCOLS = {
         "valid_metric": "NDCG@20",
         "text": "RecBole's sequential leave-one-out with full sort: per user the last interaction is the test "
         "target and the one before it the validation target; training uses every earlier prefix -> next item; "
-        "all items are ranked and, as RecBole does for sequential models, history items are not excluded. One "
-        "target per user, so Recall@K = Hit@K; NDCG is RecBole's.",
+        "all items are ranked ({history}). One target per user, so Recall@K = Hit@K; NDCG is RecBole's.",
     },
     "multi_target": {
         "metrics": ["Recall", "Hit", "NDCG"],
@@ -521,7 +520,14 @@ def train_and_test(spec: dict) -> dict:
         "n_valid_users": len(valid_data._dataset) if valid_data else 0,
         "n_test_users": len(test_data._dataset),
     }
-    for key in ("learning_rate", "embedding_size", "hidden_size", "MAX_ITEM_LIST_LENGTH", "train_batch_size"):
+    for key in (
+        "learning_rate",
+        "embedding_size",
+        "hidden_size",
+        "MAX_ITEM_LIST_LENGTH",
+        "train_batch_size",
+        "exclude_history_items",
+    ):
         row[key] = config[key]
     row["loss_type"] = config["loss_type"]
     row["loadavg"] = _load_average()

@@ -50,6 +50,7 @@ RUN_COLUMNS = [
     "hidden_size",
     "MAX_ITEM_LIST_LENGTH",
     "train_batch_size",
+    "exclude_history_items",
     "loss_type",
     "n_users",
     "n_items",
@@ -408,8 +409,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines += [f"> {meta['note']}", ""]
     capped = sum(s.epochs_capped for s in summaries)
     finished = sum(s.ok for s in summaries)
+    protocol_text = meta["protocol_text"].replace(
+        "{history}", _history_rule(_setting(shared, rows, "exclude_history_items"))
+    )
     lines += [
-        f"- **Protocol** ({meta['protocol']}): {meta['protocol_text']}",
+        f"- **Protocol** ({meta['protocol']}): {protocol_text}",
         f"- **Training**: at most {epochs} epochs per run (epoch cap); validation after every epoch; early stopping "
         f"after {stopping_step} validations without improvement of valid "
         f"{shared.get('valid_metric')}; the test set is evaluated once, with the best validation checkpoint.",
@@ -478,6 +482,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _history_rule(exclude) -> str:
+    """How the loo ranking treats the input history, from the runs' ``exclude_history_items``."""
+    if str(exclude) == "True":
+        return "except the items of the input history (`exclude_history_items: True`, as the CMI authors' retrieval)"
+    if str(exclude) == "False":
+        return "history items included, as RecBole does for sequential models (`exclude_history_items: False`)"
+    return f"`exclude_history_items`: {exclude}"
 
 
 def _setting(shared: dict, rows: list[dict], key: str):
