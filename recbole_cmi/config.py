@@ -3,8 +3,10 @@
 Internal (default) layers, lowest priority first: RecBole's own files (``overall.yaml``,
 ``model/<Model>.yaml``, ``dataset/<dataset>.yaml``, ``quick_start_config/sequential.yaml``),
 then ours: ``properties/overall.yaml``, ``properties/model/<Model>.yaml``,
-``properties/dataset/<dataset>.yaml``. External sources (config files < config dict <
-command line) override all of them, as in RecBole.
+``properties/dataset/<dataset>.yaml`` and, where a search on that dataset's validation split found
+better values than the model's published defaults, ``properties/tuned/<dataset>/<Model>.yaml``
+(each file says which search). External sources (config files < config dict < command line)
+override all of them, as in RecBole.
 
 Two conveniences on top of RecBole:
 
@@ -167,7 +169,13 @@ class Config(recbole.config.Config):
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         root = properties_dir()
-        for path in (root / "overall.yaml", root / "model" / f"{model}.yaml", root / "dataset" / f"{dataset}.yaml"):
+        layers = (
+            root / "overall.yaml",
+            root / "model" / f"{model}.yaml",
+            root / "dataset" / f"{dataset}.yaml",
+            root / "tuned" / str(dataset) / f"{model}.yaml",
+        )
+        for path in layers:
             if path.is_file():
                 self._update_internal_config_dict(str(path))
 

@@ -34,7 +34,15 @@ def write_yaml(path, data):
 
 # --- layering ---------------------------------------------------------------------------------
 
-LAYER_KEYS = ["stopping_step", "eval_step", "loss_decimal_place", "metric_decimal_place", "eval_batch_size", "seed"]
+LAYER_KEYS = [
+    "stopping_step",
+    "eval_step",
+    "loss_decimal_place",
+    "metric_decimal_place",
+    "weight_decay",
+    "eval_batch_size",
+    "seed",
+]
 
 
 def test_layering_overall_model_dataset_file_dict_argv(make_config, tmp_path, monkeypatch):
@@ -43,14 +51,17 @@ def test_layering_overall_model_dataset_file_dict_argv(make_config, tmp_path, mo
     write_yaml(props / "overall.yaml", dict.fromkeys(LAYER_KEYS, 101))
     write_yaml(props / "model" / "SASRec.yaml", dict.fromkeys(LAYER_KEYS[1:], 102))
     write_yaml(props / "dataset" / "tiny.yaml", dict.fromkeys(LAYER_KEYS[2:], 103))
-    config_file = write_yaml(tmp_path / "run.yaml", dict.fromkeys(LAYER_KEYS[3:], 104))
+    write_yaml(props / "tuned" / "tiny" / "SASRec.yaml", dict.fromkeys(LAYER_KEYS[3:], 104))
+    write_yaml(props / "tuned" / "tiny" / "GRU4Rec.yaml", {"eval_step": 999})  # another model's: ignored
+    write_yaml(props / "tuned" / "other" / "SASRec.yaml", {"eval_step": 999})  # another dataset's: ignored
+    config_file = write_yaml(tmp_path / "run.yaml", dict.fromkeys(LAYER_KEYS[4:], 105))
     monkeypatch.setattr(config_module, "properties_dir", lambda: props)
-    monkeypatch.setattr(sys, "argv", ["prog", "--seed=106"])
-    layered = dict.fromkeys(LAYER_KEYS[4:], 105)
+    monkeypatch.setattr(sys, "argv", ["prog", "--seed=107"])
+    layered = dict.fromkeys(LAYER_KEYS[5:], 106)
 
     config = make_config(config_file_list=[str(config_file)], read_argv=True, **layered)
-    assert [config[k] for k in LAYER_KEYS] == [101, 102, 103, 104, 105, 106]
-    assert make_config(config_file_list=[str(config_file)], **layered)["seed"] == 105  # argv ignored
+    assert [config[k] for k in LAYER_KEYS] == [101, 102, 103, 104, 105, 106, 107]
+    assert make_config(config_file_list=[str(config_file)], **layered)["seed"] == 106  # argv ignored
 
 
 def test_our_overall_yaml_beats_recboles_and_user_values_beat_ours(make_config):

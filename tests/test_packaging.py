@@ -53,6 +53,8 @@ def test_wheel_contains_properties_and_the_bundled_dataset(wheel):
     }
     required |= {f"recbole_cmi/properties/model/{p.name}" for p in (REPO_ROOT / "properties" / "model").glob("*.yaml")}
     required |= {f"recbole_cmi/properties/hyper/{p.name}" for p in (REPO_ROOT / "properties" / "hyper").glob("*")}
+    tuned = REPO_ROOT / "properties" / "tuned"
+    required |= {f"recbole_cmi/properties/tuned/{p.relative_to(tuned).as_posix()}" for p in tuned.glob("*/*.yaml")}
     assert not required - names, sorted(required - names)
     assert not [n for n in names if "converted_real_data" in n]
 
