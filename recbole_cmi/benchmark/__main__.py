@@ -3,6 +3,7 @@
 Subcommands (each a module with ``main(argv) -> int``, imported only when named):
 
 * ``accuracy``: every model x seed under one shared config; a results table per dataset and protocol.
+* ``speed``: training throughput, full-sort evaluation speed and peak memory per model at several data sizes.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 # name -> module; a new subcommand is one line here.
 SUBCOMMANDS = {
     "accuracy": "recbole_cmi.benchmark.accuracy",
+    "speed": "recbole_cmi.benchmark.speed",
 }
 
 
