@@ -119,6 +119,18 @@ def known_config_keys() -> frozenset[str]:
     return _recbole_config_keys() | plugin
 
 
+def property_layers(model: str, dataset: str) -> list[Path]:
+    """recbole_cmi's yaml files for a run, lowest priority first (those that exist)."""
+    root = properties_dir()
+    layers = (
+        root / "overall.yaml",
+        root / "model" / f"{model}.yaml",
+        root / "dataset" / f"{dataset}.yaml",
+        root / "tuned" / str(dataset) / f"{model}.yaml",
+    )
+    return [path for path in layers if path.is_file()]
+
+
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -168,16 +180,16 @@ class Config(recbole.config.Config):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        root = properties_dir()
-        layers = (
-            root / "overall.yaml",
-            root / "model" / f"{model}.yaml",
-            root / "dataset" / f"{dataset}.yaml",
-            root / "tuned" / str(dataset) / f"{model}.yaml",
-        )
-        for path in layers:
-            if path.is_file():
-                self._update_internal_config_dict(str(path))
+        for path in property_layers(model, dataset):
+            self._update_internal_config_dict(str(path))
+
+    def property_values(self) -> dict:
+        """Our yaml layers for this model and dataset, merged as read now (a search freezes them with this)."""
+        values = {}
+        for path in property_layers(self["model"], self["dataset"]):
+            with open(path, encoding="utf-8") as f:
+                values.update(yaml.load(f.read(), Loader=self.yaml_loader) or {})
+        return values
 
     def _init_device(self):
         # Distributed runs without a GPU: gloo and the CPU instead of RecBole's hard-coded nccl + CUDA

@@ -138,6 +138,20 @@ def test_shipped_hyper_files_search_keys_of_their_model(path):
     assert Path(plan["fixed"]["data_path"], "micro_video").is_dir()
 
 
+def test_the_plan_freezes_the_yaml_layers_under_the_user_values():
+    from recbole_cmi.tune.search import make_plan
+
+    path = REPO_ROOT / "properties" / "hyper" / "CMI.hyper"
+    settings = SearchSettings(model="CMI", dataset="micro_video", params_file=str(path), config_dict={"epochs": 2})
+    fixed = make_plan(settings)["fixed"]
+    model_yaml = yaml.safe_load((REPO_ROOT / "properties" / "model" / "CMI.yaml").read_text(encoding="utf-8"))
+    dataset_yaml = yaml.safe_load((REPO_ROOT / "properties" / "dataset" / "micro_video.yaml").read_text("utf-8"))
+    assert fixed["cl_augmentation"] == model_yaml["cl_augmentation"]  # model layer
+    assert fixed["exclude_history_items"] == dataset_yaml["exclude_history_items"]  # dataset layer
+    assert fixed["train_batch_size"] == dataset_yaml["train_batch_size"]  # dataset beats model
+    assert fixed["epochs"] == 2  # the user's value beats both
+
+
 # ---------------------------------------------------------------- searches on a local Ray
 
 

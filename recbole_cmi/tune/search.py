@@ -188,7 +188,10 @@ def make_plan(settings: SearchSettings) -> dict:
             f"a search needs epochs >= 1 and eval_step >= 1 (trials report every validation), "
             f"got epochs={config['epochs']}, eval_step={config['eval_step']}"
         )
-    fixed = {k: plain(v) for k, v in config.external_config_dict.items() if k not in ("model", "dataset")}
+    # Trials get recbole_cmi's yaml layers as they read now, under the user's values: editing a yaml
+    # file during a search (or a cluster node with other files) cannot change later trials.
+    given = {**config.property_values(), **config.external_config_dict}
+    fixed = {k: plain(v) for k, v in given.items() if k not in ("model", "dataset")}
     fixed["data_path"] = os.path.dirname(os.path.normpath(config["data_path"]))
     try:
         json.dumps(fixed)
