@@ -520,16 +520,8 @@ def train_and_test(spec: dict) -> dict:
         "n_valid_users": len(valid_data._dataset) if valid_data else 0,
         "n_test_users": len(test_data._dataset),
     }
-    for key in (
-        "learning_rate",
-        "embedding_size",
-        "hidden_size",
-        "MAX_ITEM_LIST_LENGTH",
-        "train_batch_size",
-        "exclude_history_items",
-    ):
+    for key in report.RESOLVED_CONFIG_KEYS:
         row[key] = config[key]
-    row["loss_type"] = config["loss_type"]
     row["loadavg"] = _load_average()
     for key, value in (test_result or {}).items():
         row[f"{report.TEST_PREFIX}{key}"] = float(value)

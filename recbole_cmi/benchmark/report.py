@@ -23,6 +23,16 @@ import yaml
 
 from recbole_cmi.tune.report import plain, write_atomic
 
+# Config values each run records as its config resolved them (model and dataset yaml included).
+RESOLVED_CONFIG_KEYS = (
+    "learning_rate",
+    "embedding_size",
+    "hidden_size",
+    "MAX_ITEM_LIST_LENGTH",
+    "train_batch_size",
+    "exclude_history_items",
+    "loss_type",
+)
 # Leading csv columns, in order; the test metrics (``test_recall@10``, ...) follow.
 RUN_COLUMNS = [
     "dataset",
@@ -45,13 +55,7 @@ RUN_COLUMNS = [
     "cuda_peak_mib",
     "total_s",
     "device",
-    "learning_rate",
-    "embedding_size",
-    "hidden_size",
-    "MAX_ITEM_LIST_LENGTH",
-    "train_batch_size",
-    "exclude_history_items",
-    "loss_type",
+    *RESOLVED_CONFIG_KEYS,
     "n_users",
     "n_items",
     "n_interactions",
