@@ -1,7 +1,8 @@
 """Search hyper-parameters with Ray Tune: ``python run_hyper.py --model=CMI --dataset=micro_video
 --params_file=properties/hyper/CMI.hyper``.
 
-Options: ``--num_samples=N`` (default 10; with ``--search=grid``, how often the grid is run),
+Options: ``--num_samples=N`` (default 10; with ``--search=grid``, how often the grid is run; a random
+search over ``choice`` lines only tries N different points, at most all of them),
 ``--search=random|grid|hyperopt|optuna``, ``--scheduler=asha|fifo``, ``--max_concurrent=K``,
 ``--cpus_per_trial=C``, ``--gpus_per_trial=G`` (fractions allowed; default 1 when the cluster has
 GPUs, else 0), ``--address=auto|HOST:PORT`` (an existing Ray cluster; default: a local Ray),

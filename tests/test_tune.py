@@ -66,6 +66,44 @@ def test_grid_turns_only_choices_into_grid_search():
     assert set(to_search_space(params)["n_heads"].categories) == {1, 2}
 
 
+def test_random_points_over_choices_are_distinct_and_cover_the_space():
+    from recbole_cmi.tune.space import choice_combinations, distinct_choice_points
+
+    params = parse_hyper_text("lr choice [0.001, 0.002, 0.004]\nm choice [2, 4]\ncl choice [0.0, 0.1]\n")
+    assert choice_combinations(params) == 12
+    points = distinct_choice_points(params, 6, seed=7)
+    keys = [(p["lr"], p["m"], p["cl"]) for p in points]
+    assert len(keys) == 6 == len(set(keys)) and list(points[0]) == ["lr", "m", "cl"]
+    assert all(lr in (0.001, 0.002, 0.004) and m in (2, 4) and cl in (0.0, 0.1) for lr, m, cl in keys)
+    assert distinct_choice_points(params, 6, seed=7) == points  # the search seed fixes them
+    every = {(p["lr"], p["m"], p["cl"]) for p in distinct_choice_points(params, 50, seed=1)}
+    assert len(every) == 12  # capped at the whole space, each point once
+    continuous = parse_hyper_text("lr loguniform -8,-5\nm choice [2, 4]\n")
+    assert choice_combinations(continuous) is None and distinct_choice_points(continuous, 3, 0) is None
+
+
+def test_random_search_gives_ray_its_distinct_points():
+    from recbole_cmi.tune.search import _search_algorithm
+    from recbole_cmi.tune.space import distinct_choice_points
+
+    params = parse_hyper_text("lr choice [0.001, 0.002]\nm choice [2, 4]\n")
+    points = distinct_choice_points(params, 3, seed=0)
+    generator = _search_algorithm("random", 0, 3, None, points)
+    assert generator._points_to_evaluate == points  # each of the 3 samples is one of these points
+
+
+def test_random_search_refuses_more_samples_than_points(tmp_path):
+    from recbole_cmi.tune.search import make_plan
+
+    hyper = tmp_path / "small.hyper"
+    hyper.write_text("learning_rate choice [0.001, 0.002]\nnum_interest choice [2, 4]\n")
+    settings = SearchSettings(model="CMI", dataset="micro_video", params_file=str(hyper), num_samples=5)
+    with pytest.raises(ConfigValueError, match=r"--num_samples=5 is more than the 4 different points of small.hyper"):
+        make_plan(settings)
+    default = make_plan(SearchSettings(model="CMI", dataset="micro_video", params_file=str(hyper)))
+    assert default["settings"]["num_samples"] == 4  # the default 10 is capped at the space
+
+
 @pytest.mark.parametrize(
     "line, message",
     [
@@ -219,6 +257,17 @@ def test_failed_trial_is_reported_and_does_not_stop_the_search(grid_search):
     assert grid_search.rows[-2:] == failed  # unscored trials sort last
     markdown = grid_search.files["trials_md"].read_text()
     assert len(HEADS_ERROR.findall(markdown)) == 2 and f"Best trial: **{grid_search.best.trial_id}**" in markdown
+
+
+def test_random_search_over_choices_never_repeats_a_point(local_ray, tiny_data_root, tmp_path):
+    hyper = tmp_path / "small.hyper"
+    hyper.write_text("learning_rate choice [0.001, 0.01]\nn_heads choice [1, 2]\n")
+    settings = _settings(
+        tiny_data_root, tmp_path / "out", hyper, search="random", num_samples=3, search_seed=3, fixed={"epochs": 1}
+    )
+    rows = run_search(settings).rows
+    points = {(r.params["learning_rate"], r.params["n_heads"]) for r in rows}
+    assert len(rows) == 3 == len(points)
 
 
 def test_best_config_reproduces_the_best_trial(grid_search, tmp_path):

@@ -56,7 +56,14 @@ from pathlib import Path
 
 from recbole_cmi.errors import ConfigValueError, RecboleCmiError
 from recbole_cmi.tune.report import TrialRow, plain, write_json, write_outputs
-from recbole_cmi.tune.space import HyperParam, parse_hyper_file, parse_hyper_text, to_search_space
+from recbole_cmi.tune.space import (
+    HyperParam,
+    choice_combinations,
+    distinct_choice_points,
+    parse_hyper_file,
+    parse_hyper_text,
+    to_search_space,
+)
 
 SEARCHERS = ("random", "grid", "hyperopt", "optuna")
 SCHEDULERS = ("asha", "fifo")
@@ -200,6 +207,14 @@ def make_plan(settings: SearchSettings) -> dict:
             f"the fixed config must hold plain values (numbers, strings, lists, dicts): {err}"
         ) from err
     num_samples = settings.num_samples or (1 if settings.search == "grid" else DEFAULT_NUM_SAMPLES)
+    points = choice_combinations(params) if settings.search == "random" else None
+    if points is not None and num_samples > points:
+        if settings.num_samples:
+            raise ConfigValueError(
+                f"--num_samples={num_samples} is more than the {points} different points of {params_file.name}: "
+                f"random search tries each point at most once; lower --num_samples or use --search=grid"
+            )
+        num_samples = points
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return {
         "model": config["model"],
@@ -549,7 +564,13 @@ def _new_tuner(plan: dict, params: list[HyperParam], settings: SearchSettings, t
             mode=plan["mode"],
             num_samples=num_samples,
             scheduler=_scheduler(settings, plan["max_t"]),
-            search_alg=_search_algorithm(search, settings.search_seed, num_samples, settings.max_concurrent),
+            search_alg=_search_algorithm(
+                search,
+                settings.search_seed,
+                num_samples,
+                settings.max_concurrent,
+                distinct_choice_points(params, num_samples, settings.search_seed) if search == "random" else None,
+            ),
             # Ray applies this to Searchers only; the variant generator takes its own limit.
             max_concurrent_trials=None if search in ("random", "grid") else settings.max_concurrent,
         ),
@@ -584,11 +605,14 @@ def _scheduler(settings: SearchSettings, max_t: int):
     )
 
 
-def _search_algorithm(search: str, seed: int | None, num_samples: int, max_concurrent: int | None):
+def _search_algorithm(search: str, seed, num_samples: int, max_concurrent: int | None, points=None):
     if search in ("random", "grid"):
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
+        # ``points`` (random search over choices only): the trials' distinct points, one per sample.
+        return BasicVariantGenerator(
+            random_state=seed, max_concurrent=max_concurrent or 0, points_to_evaluate=points or None
+        )
     if search == "hyperopt":
         try:
             from ray.tune.search.hyperopt import HyperOptSearch

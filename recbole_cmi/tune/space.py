@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ast
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,33 @@ def parse_hyper_file(path) -> list[HyperParam]:
 
 def to_search_space(params: list[HyperParam], grid: bool = False) -> dict:
     return {p.name: p.to_ray(grid) for p in params}
+
+
+def choice_combinations(params: list[HyperParam]) -> int | None:
+    """How many different points a choice-only space has; None where a dimension is continuous."""
+    if not params or any(p.kind != "choice" for p in params):
+        return None
+    return math.prod(len(p.values) for p in params)
+
+
+def distinct_choice_points(params: list[HyperParam], count: int, seed: int | None) -> list[dict] | None:
+    """``count`` different points of a choice-only space, drawn uniformly without replacement.
+
+    Ray's random search draws every trial independently, so over a small discrete space it repeats
+    points (a trial wasted each time); these points are given to it instead. None where a dimension
+    is continuous (a repeat has probability 0 there). ``count`` is capped at the number of points.
+    """
+    total = choice_combinations(params)
+    if total is None:
+        return None
+    points = []
+    for index in random.Random(seed).sample(range(total), min(count, total)):
+        point = {}
+        for param in reversed(params):  # the index in mixed radix, last dimension fastest
+            index, position = divmod(index, len(param.values))
+            point[param.name] = param.values[position]
+        points.append({param.name: point[param.name] for param in params})
+    return points
 
 
 def _parse_line(line: str, source: str, number: int) -> HyperParam:
