@@ -331,3 +331,13 @@ def test_the_protocol_line_says_whether_history_items_are_ranked():
     assert "except the items of the input history" in report._history_rule("True")  # as read back from the csv
     assert "history items included" in report._history_rule("False")
     assert report._history_rule("True / False") == "`exclude_history_items`: True / False"  # runs disagree
+
+
+def test_the_seeds_line_names_the_seeds_of_every_run_in_the_table():
+    rows = [
+        {"model": "CMI", "seed": "2022", "status": "ok"},
+        {"model": "CMI", "seed": "2023", "status": "ok"},  # kept from an earlier --seeds=2 invocation
+        {"model": "SASRec", "seed": "2024", "status": "failed"},
+        {"model": "GRU4Rec", "seed": "2025", "status": "ok"},  # not a model of this table
+    ]
+    assert report.seeds_in_table(rows, ["CMI", "SASRec"], [2022]) == [2022, 2023]

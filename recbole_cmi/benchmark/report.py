@@ -401,6 +401,13 @@ def _topk(meta: dict) -> list | None:
     return topk if isinstance(topk, list) else [topk] if topk else None
 
 
+def seeds_in_table(rows: list[dict], models: list[str], planned: list[int]) -> list[int]:
+    """The seeds the table summarises: this invocation's, and those of finished runs kept from the csv
+    (``--resume`` with fewer ``--seeds`` than an earlier invocation keeps its runs in the table)."""
+    kept = {int(row["seed"]) for row in rows if row.get("status") == "ok" and row.get("model") in models}
+    return sorted(kept | set(planned))
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     """The whole report; ``meta`` holds what the rows do not (see ``accuracy.report_meta``)."""
     shared = meta["shared_config"]
@@ -423,7 +430,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"{shared.get('valid_metric')}; the test set is evaluated once, with the best validation checkpoint.",
         f"- **Epoch cap reached** by {capped} of {finished} finished runs"
         + (" (those runs may not have converged)." if capped else "."),
-        f"- **Seeds**: {', '.join(str(s) for s in meta['seeds'])}; cells are mean ± sample standard deviation "
+        f"- **Seeds**: {', '.join(str(s) for s in seeds_in_table(rows, meta['models'], meta['seeds']))}; cells are "
+        "mean ± sample standard deviation "
         "(n − 1) over the seeds that finished (a single value when one did); best mean per column in bold.",
         "- **Cost** (wall-clock, per run): train s/epoch is a training epoch; eval s the test-set evaluation "
         "(loading the best checkpoint, then ranking); peak RSS MiB the run's process at its largest (Python, "
