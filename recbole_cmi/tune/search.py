@@ -605,7 +605,7 @@ def _scheduler(settings: SearchSettings, max_t: int):
     )
 
 
-def _search_algorithm(search: str, seed, num_samples: int, max_concurrent: int | None, points=None):
+def _search_algorithm(search: str, seed: int | None, num_samples: int, max_concurrent: int | None, points=None):
     if search in ("random", "grid"):
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
