@@ -207,14 +207,14 @@ def make_plan(settings: SearchSettings) -> dict:
             f"the fixed config must hold plain values (numbers, strings, lists, dicts): {err}"
         ) from err
     num_samples = settings.num_samples or (1 if settings.search == "grid" else DEFAULT_NUM_SAMPLES)
-    points = choice_combinations(params) if settings.search == "random" else None
-    if points is not None and num_samples > points:
+    n_points = choice_combinations(params) if settings.search == "random" else None
+    if n_points is not None and num_samples > n_points:
         if settings.num_samples:
             raise ConfigValueError(
-                f"--num_samples={num_samples} is more than the {points} different points of {params_file.name}: "
+                f"--num_samples={num_samples} is more than the {n_points} different points of {params_file.name}: "
                 f"random search tries each point at most once; lower --num_samples or use --search=grid"
             )
-        num_samples = points
+        num_samples = n_points
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return {
         "model": config["model"],
