@@ -18,6 +18,8 @@
 * Train-batch hooks that need the live model (interest-aware negatives) get it at ``fit``.
 * A non-finite loss stops training with :class:`NonFiniteLossError`, naming the loss component;
   the best and last checkpoints are left as they were.
+* A model with sparse-gradient embeddings (CMI's ``sparse_item_updates: True``) is optimised by
+  :class:`recbole_cmi.optim.LazyAdam` (``learner: adam`` only).
 * Anomaly mode is off while we train (see ``recbole_cmi.compat``).
 * Distributed (DDP) runs (:mod:`recbole_cmi.distributed`): DDP works on the CPU too, every rank uses rank 0's
   checkpoint name and waits for rank 0 to have written it before loading it.
@@ -43,7 +45,8 @@ from recbole.utils import set_color
 from recbole_cmi.compat import disable_anomaly_mode, load_checkpoint
 from recbole_cmi.data.protocol import MultiTargetEvalLoader, evaluate_multi_target
 from recbole_cmi.distributed import DeviceAwareDDP, barrier, same_on_all_ranks
-from recbole_cmi.errors import CheckpointError, NonFiniteLossError
+from recbole_cmi.errors import CheckpointError, ConfigValueError, NonFiniteLossError
+from recbole_cmi.optim import LazyAdam, has_sparse_gradients
 
 __all__ = ["CheckpointMixin", "HistoryExclusionMixin", "NonFiniteLossError", "Trainer", "last_checkpoint_path"]
 
@@ -265,6 +268,22 @@ def _config_value(config, key):
 
 
 class Trainer(*PLUGIN_TRAINER_MIXINS, RecBoleTrainer, DeviceAwareDDP):  # DeviceAwareDDP: DDP on CPU as well
+    def _build_optimizer(self, **kwargs):
+        """RecBole's optimizer; a model with sparse-gradient embeddings gets :class:`LazyAdam` instead of Adam."""
+        if not has_sparse_gradients(self.model):
+            return super()._build_optimizer(**kwargs)
+        learner = kwargs.get("learner", self.learner)
+        if str(learner).lower() != "adam":
+            raise ConfigValueError(
+                f"{type(self.model).__name__} has sparse item gradients (sparse_item_updates: True), which only "
+                f"learner: adam supports (as a lazy Adam); got learner: {learner}"
+            )
+        return LazyAdam(
+            kwargs.get("params", self.model.parameters()),
+            lr=kwargs.get("learning_rate", self.learning_rate),
+            weight_decay=kwargs.get("weight_decay", self.weight_decay) or 0.0,
+        )
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         disable_anomaly_mode()
         if hasattr(train_data, "bind_model"):

@@ -43,6 +43,11 @@ def test_a_user_error_in_the_workers_is_raised_as_itself(tiny_config):
         run_distributed("CMI", "nope", config_dict=tiny_config(), nproc=2)
 
 
+def test_sparse_item_updates_are_refused_in_a_distributed_run(tiny_config):
+    with pytest.raises(ConfigValueError, match="sparse_item_updates: True runs in one process only"):
+        run_distributed("CMI", "tiny", config_dict=tiny_config(sparse_item_updates=True), nproc=2)
+
+
 def test_cpu_backend_is_chosen_without_a_gpu():
     assert uses_cpu_distributed({"local_rank": 0, "gpu_id": ""})
     assert not uses_cpu_distributed({"gpu_id": ""})  # single process: RecBole's own set-up

@@ -121,8 +121,8 @@ def test_report_ratios_targets_and_scaling():
     text = speed.format_report([small, big], args, _machine(), "python -m recbole_cmi.benchmark speed", "now", 60)
 
     assert "| CMI | 0 | 400 | 25.0 | 0.25x | 100 | 1.00x |" in text  # 4x SASRec's speed: a quarter of its epoch
-    assert "| 1k:1k | 0.25x met | 0.50x met | 1.00x met |" in text
-    assert "| 10k:1k | 1.00x MISSED | - | 0.50x met |" in text
+    assert "| 1k:1k | CMI | 0.25x met | 0.50x met | 1.00x met |" in text
+    assert "| 10k:1k | CMI | 1.00x MISSED | - | 0.50x met |" in text
     assert "| GRU4Rec | failed: RuntimeError: out of memory |" in text
     # us/sample 2500 -> 10000: the epoch grows 40x for 10x the rows.
     assert "| CMI | 2,500.0 | 10,000.0 | 4.00 |" in text
@@ -138,6 +138,31 @@ def test_write_report_keeps_the_hand_written_part(tmp_path):
     assert out.read_text() == f"# second\n\n{REPORT_END_MARKER}\n\n## Analysis\nkept\n"
 
 
+def test_model_entries_carry_config_overrides():
+    assert speed.parse_model_spec("CMI") == ("CMI", {})
+    assert speed.parse_model_spec("CMI:sparse_item_updates=True:num_interest=4") == (
+        "CMI",
+        {"sparse_item_updates": True, "num_interest": 4},
+    )
+    with pytest.raises(ValueError, match="Model:key=value"):
+        speed.parse_model_spec("CMI:sparse_item_updates")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--models", "CMI:oops"], "expected Model:key=value"),
+        (["--models", "CMI", "--profile", "SASRec"], "--profile names entries that --models does not run: SASRec"),
+    ],
+)
+def test_bad_model_entries_are_one_line_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        speed.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
 def test_unknown_model_is_a_one_line_error(capsys):
     assert speed.main(["--models", "CMI,NoSuchModel"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -147,21 +172,26 @@ def test_unknown_model_is_a_one_line_error(capsys):
 def test_tiny_benchmark_run(tmp_path):
     out, raw = tmp_path / "speed.md", tmp_path / "speed.json"
     argv = [
-        "--sizes", "3k:300", "--models", "CMI,SASRec,GRU4Rec", "--steps", "2", "--warmup", "1",
-        "--batch-size", "32", "--max-len", "10", "--d", "16", "--num-interest", "4",
-        "--eval-users", "64", "--eval-batch-size", "32", "--profile", "CMI", "--profile-steps", "1",
+        "--sizes", "3k:300", "--models", "CMI,SASRec,GRU4Rec,CMI:sparse_item_updates=True", "--steps", "2",
+        "--warmup", "1", "--batch-size", "32", "--max-len", "10", "--d", "16", "--num-interest", "4",
+        "--eval-users", "64", "--eval-batch-size", "32", "--profile", "CMI:sparse_item_updates=True",
+        "--profile-steps", "1",
         "--out", str(out), "--json", str(raw),
     ]  # fmt: skip
     assert speed.main(argv) == 0
 
     text = out.read_text()
-    assert "python -m recbole_cmi.benchmark speed --sizes 3k:300 --models CMI,SASRec,GRU4Rec" in text
-    assert "## Results at 3k:300" in text and "## Profile of CMI's training step at 3k:300" in text
+    assert "python -m recbole_cmi.benchmark speed --sizes 3k:300 --models CMI,SASRec,GRU4Rec,CMI:sparse" in text
+    assert "## Results at 3k:300" in text
+    assert "## Profile of CMI:sparse_item_updates=True's training step at 3k:300" in text
+    assert "## Profile of CMI:sparse_item_updates=True's full-sort evaluation at 3k:300" in text
+    assert "full_sort_predict + history mask" in text
+    assert "| 3k:300 | CMI | " in text and "| 3k:300 | CMI:sparse_item_updates=True | " in text
     assert "| SASRec |" in text and "1.00x |" in text and text.rstrip().endswith(REPORT_END_MARKER)
     payload = json.loads(raw.read_text())
     (size,) = payload["sizes"]
     assert size["interactions"] > 2900 and size["items"] <= 300
-    assert [m["model"] for m in size["models"]] == ["CMI", "SASRec", "GRU4Rec"]
+    assert [m["model"] for m in size["models"]] == ["CMI", "SASRec", "GRU4Rec", "CMI:sparse_item_updates=True"]
     for m in size["models"]:
         assert m["error"] is None
         assert m["steps"] == 2 and m["step_rows"] == 64 and m["samples_per_s"] > 0

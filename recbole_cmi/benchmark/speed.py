@@ -27,7 +27,9 @@ The report (printed and written to ``--out``) gives every model's ratio to SASRe
 CMI's targets (epoch time <= 0.5x SASRec and <= 1.5x GRU4Rec, full-sort evaluation <= 1.5x SASRec), the
 cost per training sample across sizes (constant cost per sample = epoch time linear in interactions), the
 machine and the exact command. ``--profile CMI`` adds the top operators of a few profiled training steps
-(torch.profiler). Text after the line ``<!-- end of generated report -->`` in an existing ``--out`` file is
+and of one full-sort evaluation batch (torch.profiler). A model entry may carry config overrides,
+``Model:key=value[:key=value]`` (values read as yaml), so variants run side by side in one report, e.g.
+``--models CMI,CMI:sparse_item_updates=True,SASRec``; every entry of class CMI is checked against the targets. Text after the line ``<!-- end of generated report -->`` in an existing ``--out`` file is
 kept when the report is rewritten (hand-written analysis).
 
 Bigger sizes: ``--sizes 5m:1m`` works given time and memory: RecBole's prefix expansion (a Python loop, about
@@ -82,6 +84,23 @@ TARGETS = (
 
 _COUNT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmg]?)\s*$", re.IGNORECASE)
 _MULTIPLIER = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+# --------------------------------------------------------------------------------------------- models
+def parse_model_spec(text: str) -> tuple[str, dict]:
+    """``"CMI:sparse_item_updates=True"`` -> ``("CMI", {"sparse_item_updates": True})`` (values read as yaml)."""
+    import yaml
+
+    name, *settings = text.split(":")
+    overrides = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"model entry {text!r}: expected Model:key=value[:key=value], got {setting!r}")
+        overrides[key.strip()] = yaml.safe_load(value.strip())
+    if not name.strip():
+        raise ValueError(f"model entry {text!r} names no model")
+    return name.strip(), overrides
 
 
 # --------------------------------------------------------------------------------------------- sizes
@@ -318,6 +337,7 @@ class ModelResult:
     train_peak_cuda: int | None = None
     eval_peak_cuda: int | None = None
     profile: str | None = None
+    eval_profile: str | None = None
     error: str | None = None
 
     @property
@@ -396,7 +416,7 @@ def _train_step(model, optimizer, interaction):
 
 
 def bench_model(name: str, dataset, args, data_path: str, label: str) -> ModelResult:
-    """Time ``--steps`` training steps and one full-sort evaluation pass of ``name`` on ``dataset``."""
+    """Time ``--steps`` training steps and one full-sort evaluation pass of the entry ``name`` on ``dataset``."""
     import torch
     from recbole.utils import init_seed
 
@@ -406,7 +426,8 @@ def bench_model(name: str, dataset, args, data_path: str, label: str) -> ModelRe
     from recbole_cmi.utils import get_model, get_trainer
 
     result = ModelResult(model=name, size=label)
-    config = Config(name, "bench", config_dict=common_config(args, data_path), read_argv=False)
+    model_name, overrides = parse_model_spec(name)
+    config = Config(model_name, "bench", config_dict={**common_config(args, data_path), **overrides}, read_argv=False)
     init_seed(config["seed"], config["reproducibility"])
     train_data, _, test_data = data_preparation(config, dataset)
     result.train_rows = len(train_data._dataset)
@@ -414,9 +435,9 @@ def bench_model(name: str, dataset, args, data_path: str, label: str) -> ModelRe
     init_seed(config["seed"], config["reproducibility"])
 
     with PeakMemory(device) as train_memory:
-        model = get_model(name)(config, train_data._dataset).to(device)
+        model = get_model(model_name)(config, train_data._dataset).to(device)
         disable_anomaly_mode()
-        trainer = get_trainer(config["MODEL_TYPE"], name)(config, model)
+        trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
         if hasattr(train_data, "bind_model"):
             train_data.bind_model(model)
         result.params = sum(p.numel() for p in model.parameters())
@@ -457,6 +478,8 @@ def bench_model(name: str, dataset, args, data_path: str, label: str) -> ModelRe
             torch.topk(scores, min(k, scores.shape[1]), dim=-1)
             _synchronize(device)
             if index == 0:  # warm-up batch, untimed
+                if name in args.profile:
+                    result.eval_profile = _profile_eval_batch(trainer, batched_data, k, device)
                 continue
             result.eval_seconds += time.perf_counter() - start
             result.eval_users += len(interaction)
@@ -479,11 +502,25 @@ def _timed_batches(loader):
         yield start, batch
 
 
-def _profile_steps(model, optimizer, next_batch, device, steps: int) -> str:
+def _profiled(device, work, header: str, per: int, row_limit: int) -> str:
+    """Run ``work(record_function)`` under torch.profiler: its ``## `` ranges (CPU ms / ``per``), then the top operators."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
+        work(record_function)
+        _synchronize(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    phases = [e for e in prof.key_averages() if e.key.startswith("## ")]
+    lines = [header]
+    lines += [f"  {e.key[3:]:<40} {e.cpu_time_total / 1000 / per:9.1f}" for e in phases]
+    lines.append("")
+    lines.append(prof.key_averages().table(sort_by=sort_by, row_limit=row_limit, max_name_column_width=48))
+    return "\n".join(lines)
+
+
+def _profile_steps(model, optimizer, next_batch, device, steps: int) -> str:
+    def work(record_function):
         for _ in range(steps):
             with record_function("## data: next batch + hooks"):
                 interaction = next_batch().to(device)
@@ -496,13 +533,22 @@ def _profile_steps(model, optimizer, next_batch, device, steps: int) -> str:
             with record_function("## optimizer step"):
                 optimizer.step()
             _synchronize(device)
-    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    phases = [e for e in prof.key_averages() if e.key.startswith("## ")]
-    lines = [f"{steps} profiled steps; phases (CPU total, ms per step):"]
-    lines += [f"  {e.key[3:]:<40} {e.cpu_time_total / 1000 / steps:9.1f}" for e in phases]
-    lines.append("")
-    lines.append(prof.key_averages().table(sort_by=sort_by, row_limit=18, max_name_column_width=48))
-    return "\n".join(lines)
+
+    return _profiled(device, work, f"{steps} profiled steps; phases (CPU total, ms per step):", steps, 18)
+
+
+def _profile_eval_batch(trainer, batched_data, k: int, device) -> str:
+    """Top operators of one full-sort evaluation batch (scoring, history mask, top-k), as RecBole runs it."""
+    import torch
+
+    def work(record_function):
+        with record_function("## full_sort_predict + history mask"):
+            _, scores, _, _ = trainer._full_sort_batch_eval(batched_data)
+        with record_function("## top-k"):
+            torch.topk(scores, min(k, scores.shape[1]), dim=-1)
+
+    header = f"1 profiled batch of {len(batched_data[0])} users; phases (CPU total, ms):"
+    return _profiled(device, work, header, 1, 12)
 
 
 class BuiltOnce:
@@ -542,7 +588,9 @@ def run_size(size: Size, args, workdir: Path) -> SizeResult:
     out.write_seconds = time.perf_counter() - start
     del data
 
-    config = Config(args.models[0], "bench", config_dict=common_config(args, str(folder)), read_argv=False)
+    config = Config(
+        parse_model_spec(args.models[0])[0], "bench", config_dict=common_config(args, str(folder)), read_argv=False
+    )
     init_seed(config["seed"], config["reproducibility"])
     with PeakMemory() as load_memory:
         start = time.perf_counter()
@@ -657,7 +705,7 @@ def format_report(sizes: list[SizeResult], args, machine: dict, command: str, st
         f"negatives + InfoNCE; the others: RecBole's full softmax (CE) over the catalogue)"
         + (f"; score_chunk_size {args.score_chunk_size}" if args.score_chunk_size is not None else ""),
         f"- Training: {args.warmup} untimed + {args.steps} timed steps (batch from the real training loader "
-        f"with its hooks, calculate_loss, backward, Adam step). Seconds per epoch = training rows / samples per "
+        f"with its hooks, calculate_loss, backward, the trainer's optimizer step: Adam, or LazyAdam for sparse item updates). Seconds per epoch = training rows / samples per "
         f"second. Evaluation: full sort over all items for {args.eval_users} test users, "
         f"{args.eval_batch_size} per batch (one untimed warm-up batch), history masking and top-k included.",
         "- Peak memory: rise of the process's resident set above its level at the start of the phase (training: "
@@ -707,19 +755,29 @@ def format_report(sizes: list[SizeResult], args, machine: dict, command: str, st
         "CMI's time divided by the baseline's, in the same run (lower is better).",
         "",
     ]
-    header = "| size | " + " | ".join(f"{kind} vs {base} (target <= {limit})" for kind, base, limit in TARGETS) + " |"
-    lines += [header, "|---|" + "---:|" * len(TARGETS)]
+    header = "| size | model | " + " | ".join(f"{kind} vs {base} (target <= {limit})" for kind, base, limit in TARGETS)
+    lines += [header + " |", "|---|---|" + "---:|" * len(TARGETS)]
     for s in sizes:
-        cells = []
-        for kind, base, limit in TARGETS:
-            ratio = _time_ratio(s.models, "CMI", base, kind)
-            cells.append("-" if ratio is None else f"{ratio:.2f}x {'met' if ratio <= limit else 'MISSED'}")
-        lines.append(f"| {s.size.label} | " + " | ".join(cells) + " |")
+        for entry in dict.fromkeys(r.model for r in s.models if parse_model_spec(r.model)[0] == "CMI"):
+            cells = []
+            for kind, base, limit in TARGETS:
+                ratio = _time_ratio(s.models, entry, base, kind)
+                cells.append("-" if ratio is None else f"{ratio:.2f}x {'met' if ratio <= limit else 'MISSED'}")
+            lines.append(f"| {s.size.label} | {entry} | " + " | ".join(cells) + " |")
     lines += _scaling_section(sizes)
     for s in sizes:
         for r in s.models:
             if r.profile:
                 lines += ["", f"## Profile of {r.model}'s training step at {s.size.label}", "", "```", r.profile, "```"]
+            if r.eval_profile:
+                lines += [
+                    "",
+                    f"## Profile of {r.model}'s full-sort evaluation at {s.size.label}",
+                    "",
+                    "```",
+                    r.eval_profile,
+                    "```",
+                ]
     return "\n".join(lines) + "\n"
 
 
@@ -780,7 +838,11 @@ def build_parser(prog: str = "python -m recbole_cmi.benchmark speed") -> OneLine
         help=f"comma-separated <interactions>:<items> (k/m suffixes), default {DEFAULT_SIZES}; e.g. "
         "100k:10k,1m:100k,5m:1m (5m:1m needs ~10 GB RAM and ~30 min on 2 CPU cores)",
     )
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names")
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="comma-separated model entries: Model or Model:key=value[:key=value] (a variant with config overrides)",
+    )
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per model (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first (default 2)")
     parser.add_argument("--batch-size", type=int, default=256, help="train_batch_size for every model")
@@ -797,7 +859,9 @@ def build_parser(prog: str = "python -m recbole_cmi.benchmark speed") -> OneLine
     parser.add_argument("--categories", type=int, default=16, help="latent categories of the generator")
     parser.add_argument("--generator", choices=("fast", "exact"), default="fast", help="synthetic generator")
     parser.add_argument("--seed", type=int, default=2022)
-    parser.add_argument("--profile", default="", help="comma-separated models whose training step to profile")
+    parser.add_argument(
+        "--profile", default="", help="comma-separated model entries whose training step and evaluation to profile"
+    )
     parser.add_argument("--profile-steps", type=int, default=5, help="steps under the profiler (default 5)")
     parser.add_argument("--out", default="results/speed.md", help="markdown report (default results/speed.md)")
     parser.add_argument("--json", default=None, help="also write the raw numbers to this JSON file")
@@ -816,7 +880,14 @@ def _check_args(parser, args) -> None:
     if not args.models:
         parser.error("--models names no model")
     for name in args.models + args.profile:
-        get_model(name)  # an unknown name is a one-line UnknownModelError
+        try:
+            model_name, _ = parse_model_spec(name)
+        except ValueError as err:
+            parser.error(str(err))
+        get_model(model_name)  # an unknown name is a one-line UnknownModelError
+    unlisted = [name for name in args.profile if name not in args.models]
+    if unlisted:
+        parser.error(f"--profile names entries that --models does not run: {', '.join(unlisted)}")
     for key in ("steps", "batch_size", "max_len", "d", "num_interest", "eval_users", "eval_batch_size", "categories"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")

@@ -19,6 +19,12 @@ Follows the authors' code (libeibei95/CMI, class ``DevCL``, options ``--interest
   with the row's target as positive (§2.1/§3.1: the authors train on the views; their ``O``
   sampler, the no-CL ablation, trains on the whole history). RecBole's pipeline supplies the
   target: the next item of an all-prefix expansion, not a random later item (§3.1).
+  ``rec_loss_input: history`` (ours) scores the whole history against the target instead, as at
+  inference, and keeps the views for the contrastive loss only (one more encoder pass per row).
+* ``sparse_item_updates: True`` (ours, off by default): the item table gets sparse gradients and
+  :class:`recbole_cmi.optim.LazyAdam` updates only the rows a step reads, which are also the only
+  rows re-projected, so a step costs O(batch), not O(items); rows outside the batch skip the
+  momentum and weight-decay moves that dense Adam gives them.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.model.layers import info_nce, max_over_interests, max_over_interests_paired
 
 LOSS_TYPES = ("SAMPLED", "CE", "BPR")
+REC_LOSS_INPUTS = ("views", "history")
 CATEGORY_INITS = ("orthogonal", "uniform")
 
 
@@ -75,15 +82,22 @@ class CMI(SequentialRecommender):
         self.sphere_projection = bool(config["sphere_projection"])
         self.category_init = config["category_init"]
         self.loss_type = config["loss_type"]
+        self.rec_loss_input = config["rec_loss_input"]
         self.score_chunk_size = config["score_chunk_size"]
+        self.sparse_item_updates = bool(config["sparse_item_updates"])
         self._validate()
+        _require(
+            not (self.sparse_item_updates and (int(config["world_size"] or 1) > 1 or int(config["nproc"] or 1) > 1)),
+            "sparse_item_updates: True runs in one process only (DDP does not reduce the sparse item gradients); "
+            "set it to False for a distributed run",
+        )
         self.use_views = self.cl_weight > 0
         self.view_fields = view_fields(config)
         self.neg_item_field = self.NEG_ITEM_ID
 
         d = self.embedding_size
         # One extra row for CL4SRec's mask token when a mask augmentation is chosen for the views.
-        self.item_embedding = nn.Embedding(self.n_items + 1, d, padding_idx=0)
+        self.item_embedding = nn.Embedding(self.n_items + 1, d, padding_idx=0, sparse=self.sparse_item_updates)
         self.category_embedding = nn.Embedding(self.num_interest, d)
         self.gru = nn.GRU(d, d, num_layers=1, bias=False, batch_first=True)
         self.general_mlp = nn.Sequential(nn.Linear(d, d), nn.ReLU())
@@ -102,6 +116,14 @@ class CMI(SequentialRecommender):
         _require(
             self.category_init in CATEGORY_INITS,
             f"category_init must be one of {', '.join(CATEGORY_INITS)}, got {self.category_init!r}",
+        )
+        _require(
+            self.rec_loss_input in REC_LOSS_INPUTS,
+            f"rec_loss_input must be one of {', '.join(REC_LOSS_INPUTS)}, got {self.rec_loss_input!r}",
+        )
+        _require(
+            not (self.sparse_item_updates and self.loss_type == "CE"),
+            "sparse_item_updates: True needs loss_type SAMPLED or BPR: CE scores every item, so its gradient is dense",
         )
 
     def _init_parameters(self):
@@ -125,11 +147,22 @@ class CMI(SequentialRecommender):
         return hooks
 
     # ----------------------------------------------------------------- embeddings
-    def _project_to_sphere(self):
-        if self.sphere_projection:
-            with torch.no_grad():
-                for table in (self.item_embedding.weight, self.category_embedding.weight):
-                    table.copy_(F.normalize(table, dim=-1))
+    def _project_to_sphere(self, items: torch.Tensor | None = None):
+        """Re-project the category rows and the item rows ``items`` (all when None) onto the unit sphere.
+
+        Under sparse item updates only the batch's rows changed since they were last projected, so
+        projecting the rows a step reads gives the same vectors as projecting the whole table."""
+        if not self.sphere_projection:
+            return
+        with torch.no_grad():
+            categories = self.category_embedding.weight
+            categories.copy_(F.normalize(categories, dim=-1))
+            table = self.item_embedding.weight
+            if items is None:
+                table.copy_(F.normalize(table, dim=-1))
+            else:
+                rows = items.unique()
+                table[rows] = F.normalize(table[rows], dim=-1)
 
     def item_vectors(self, items=None) -> torch.Tensor:
         """Unit item vectors (row 0, padding, stays zero); all catalogue items when ``items`` is None."""
@@ -165,6 +198,11 @@ class CMI(SequentialRecommender):
         return self.encode(item_seq, item_seq_len)[0]
 
     # ----------------------------------------------------------------- training
+    def _items_read(self, interaction, item_seq) -> torch.Tensor:
+        """Every item row a training step reads: the histories (views), the targets and the negatives."""
+        negatives = interaction[SHARED_NEG_FIELD] if self.loss_type == "SAMPLED" else interaction[self.neg_item_field]
+        return torch.cat([item_seq.flatten(), interaction[self.POS_ITEM_ID].flatten(), negatives.flatten()])
+
     def _rec_loss(self, interests, interaction, rows: int):
         """Recommendation loss of ``interests`` [R, m, d]; the batch's B rows are tiled R/B times."""
         repeat = rows // interaction[self.POS_ITEM_ID].shape[0]
@@ -185,21 +223,25 @@ class CMI(SequentialRecommender):
         return -F.logsigmoid((pos_scores - neg_scores) / self.temperature).mean()
 
     def calculate_loss(self, interaction):
-        self._project_to_sphere()
+        history = (interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        sequences = [history]
         if self.use_views:
             (seq1, len1), (seq2, len2) = self.view_fields
             views = [(interaction[seq1], interaction[len1]), (interaction[seq2], interaction[len2])]
-        else:
-            views = [(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])]
-        width = max(seq.shape[1] for seq, _ in views)
-        item_seq = torch.cat([F.pad(seq, (0, width - seq.shape[1])) for seq, _ in views])
-        item_seq_len = torch.cat([length for _, length in views])
+            sequences = [history, *views] if self.rec_loss_input == "history" else views
+        width = max(seq.shape[1] for seq, _ in sequences)
+        item_seq = torch.cat([F.pad(seq, (0, width - seq.shape[1])) for seq, _ in sequences])
+        item_seq_len = torch.cat([length for _, length in sequences])
+        self._project_to_sphere(self._items_read(interaction, item_seq) if self.sparse_item_updates else None)
         interests, assignment = self.encode(item_seq, item_seq_len)
 
-        rec = self._rec_loss(interests, interaction, interests.shape[0])
+        # The rows scored against the targets: the whole histories, or both views (as run).
+        batch_size = history[0].shape[0]
+        rec_rows = batch_size if sequences[0] is history else interests.shape[0]
+        rec = self._rec_loss(interests[:rec_rows], interaction, rec_rows)
         zero = rec.new_zeros(())
         if self.use_views:
-            first, second = interests.chunk(2)
+            first, second = interests[-2 * batch_size :].chunk(2)
             cl = self.cl_weight * info_nce(
                 first.flatten(0, 1), second.flatten(0, 1), self.cl_temperature, "cos", in_view_negatives=False
             )

@@ -256,6 +256,7 @@ def test_interest_aware_negatives_come_from_the_dominant_category_and_avoid_hist
         ("category_init", "zeros"),
         ("neg_sampler", "hard"),
         ("cl_augmentation", "flip"),
+        ("rec_loss_input", "both"),
     ],
 )
 def test_invalid_settings_are_rejected(tiny_config, key, value):
@@ -294,3 +295,110 @@ def test_cli_trains_and_tests_cmi(tiny_data_root, tmp_path, capsys, loss_type):
     out = capsys.readouterr().out
     assert code == 0
     assert "test result" in out and "recall@10" in out
+
+
+def _sparse_and_dense(tiny_data_root, tmp_path, **overrides):
+    models = []
+    for sparse in (False, True):
+        settings = dict(TINY_SETTINGS, data_path=str(tiny_data_root), checkpoint_dir=str(tmp_path / "saved"))
+        settings.update(num_interest=3, embedding_size=8, sparse_item_updates=sparse, **overrides)
+        config, _, _, model = prepare("CMI", "tiny", config_dict=settings)
+        models.append(model)
+    models[1].load_state_dict(models[0].state_dict())
+    return config, models
+
+
+def test_sparse_item_updates_give_the_dense_loss_and_gradient_rows(tiny_data_root, tmp_path):
+    config, (dense, sparse) = _sparse_and_dense(tiny_data_root, tmp_path)
+    with torch.no_grad():  # off the sphere, so the per-row projection has work to do
+        for model in (dense, sparse):
+            model.item_embedding.weight[1:].mul_(2.0)
+    seq, lengths = _history()
+    batch = _batch(config, seq, lengths, torch.tensor([11, 12, 13]), torch.tensor([14, 15, 16]), [(seq, lengths)] * 2)
+    norms_before = sparse.item_embedding.weight.detach().norm(dim=-1)
+    losses = [sum(model.calculate_loss(batch)) for model in (dense, sparse)]
+    assert losses[1].item() == pytest.approx(losses[0].item(), rel=1e-6)
+    for loss in losses:
+        loss.backward()
+    sparse_grad = sparse.item_embedding.weight.grad
+    assert sparse_grad.is_sparse
+    read = torch.cat([seq.flatten(), torch.arange(11, 17)]).unique()
+    read = read[read > 0]
+    assert torch.allclose(sparse_grad.to_dense()[read], dense.item_embedding.weight.grad[read], atol=1e-6)
+    # Only the rows the step read were projected; the others keep their norm.
+    norms = sparse.item_embedding.weight.detach().norm(dim=-1)
+    assert torch.allclose(norms[read], torch.ones(len(read)), atol=1e-5)
+    unread = torch.ones(len(norms), dtype=torch.bool)
+    unread[read] = False
+    unread[0] = False
+    assert torch.equal(norms[unread], norms_before[unread])
+    assert not torch.allclose(norms[unread], torch.ones(int(unread.sum())), atol=1e-3)
+
+
+def test_sparse_item_updates_train_with_lazy_adam_and_leave_unread_rows(tiny_config):
+    from recbole_cmi.optim import LazyAdam
+    from recbole_cmi.utils import get_trainer
+
+    config, _, (train, _, _), model = prepare(
+        "CMI", "tiny", config_dict=tiny_config(num_interest=2, embedding_size=8, sparse_item_updates=True)
+    )
+    trainer = get_trainer(config["MODEL_TYPE"], "CMI")(config, model)
+    assert isinstance(trainer.optimizer, LazyAdam)
+    batch = next(iter(train))
+    before = model.item_embedding.weight.detach().clone()
+    trainer.optimizer.zero_grad()
+    sum(model.calculate_loss(batch)).backward()
+    trainer.optimizer.step()
+    read = model._items_read(batch, batch[model.ITEM_SEQ]).unique()
+    moved = (model.item_embedding.weight.detach() != before).any(dim=1).nonzero().flatten()
+    assert set(moved.tolist()) <= set(read.tolist())
+    assert len(moved) > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"loss_type": "CE"}, "sparse_item_updates"), ({"learner": "sgd"}, "learner")],
+)
+def test_sparse_item_updates_refuse_dense_settings(tiny_config, overrides, message):
+    with pytest.raises(ConfigValueError, match=message):
+        run_recbole_cmi("CMI", "tiny", config_dict=tiny_config(sparse_item_updates=True, **overrides), saved=False)
+
+
+def test_sparse_item_updates_train_end_to_end(tiny_config):
+    result = run_recbole_cmi(
+        "CMI", "tiny", config_dict=tiny_config(num_interest=2, embedding_size=8, sparse_item_updates=True), saved=False
+    )
+    assert 0.0 <= result["test_result"]["recall@10"] <= 1.0
+
+
+def test_rec_loss_on_the_history_scores_the_whole_history_and_keeps_the_views_for_cl(built):
+    config, _, model = built
+    view1 = (torch.tensor([[3, 7, 0], [2, 0, 0]]), torch.tensor([2, 1]))
+    view2 = (torch.tensor([[5, 0, 0], [9, 4, 0]]), torch.tensor([1, 2]))
+    history = (torch.tensor([[3, 5, 7, 0], [2, 9, 4, 0]]), torch.tensor([3, 3]))
+    targets, negatives = torch.tensor([11, 12]), torch.tensor([13, 14])
+    batch = _batch(config, *history, targets, negatives, [view1, view2])
+    as_run = model.calculate_loss(batch)
+    model.rec_loss_input = "history"
+    try:
+        rec, cl, orth, _ = model.calculate_loss(batch)
+    finally:
+        model.rec_loss_input = "views"
+
+    interests = model.forward(*history)
+    items = F.normalize(model.item_embedding.weight, dim=-1)
+    terms = []
+    for b in range(2):  # candidates: the row's target and each row's negative once
+        candidates = [interests[b] @ items[targets[b]]] + [interests[b] @ items[n] for n in negatives]
+        logits = torch.stack([c.max() for c in candidates]) / model.temperature
+        terms.append(-torch.log_softmax(logits, 0)[0])
+    assert rec.item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+    assert rec.item() != pytest.approx(as_run[0].item(), rel=1e-3)
+    assert cl.item() == pytest.approx(as_run[1].item(), rel=1e-6)  # InfoNCE: the same two views
+    assert orth.item() == pytest.approx(as_run[2].item(), rel=1e-6)
+
+
+def test_rec_loss_on_the_history_trains_end_to_end(tiny_config):
+    settings = tiny_config(num_interest=2, embedding_size=8, rec_loss_input="history")
+    result = run_recbole_cmi("CMI", "tiny", config_dict=settings, saved=False)
+    assert 0.0 <= result["test_result"]["recall@10"] <= 1.0
