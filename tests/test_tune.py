@@ -369,3 +369,24 @@ def test_interrupted_trial_continues_exactly_from_its_checkpoint(tmp_path, tiny_
     assert all(
         metrics["checkpoint_file"] and not metrics["checkpoint_file"].endswith("-last.pth") for metrics, _ in full
     )
+
+
+def test_a_stopped_search_report_says_why_it_has_no_best_trial():
+    from recbole_cmi.tune.report import TrialRow, trials_markdown
+
+    plan = {
+        "model": "CMI",
+        "dataset": "tiny",
+        "params_file": "x.hyper",
+        "searched": ["choice [1, 2]"],
+        "settings": {"search": "grid", "scheduler": "fifo"},
+        "epochs": 2,
+        "metric": "ndcg@20",
+        "mode": "max",
+    }
+    done = TrialRow("a_00000", {"m": 1}, 0.25, 1, 2, "completed", rank=1)
+    stopped = TrialRow("a_00001", {"m": 2}, None, None, None, "not started", rank=2)
+    text = trials_markdown(plan, [done, stopped], None, None, {})
+    assert "No best trial yet: 1 of 2 trials did not finish" in text and "`--resume` continues it" in text
+    failed = TrialRow("a_00000", {"m": 1}, None, None, 1, "error", error="boom", rank=1)
+    assert "no trial finished with a validation score" in trials_markdown(plan, [failed], None, None, {})

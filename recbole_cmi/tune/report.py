@@ -163,7 +163,13 @@ def trials_markdown(plan: dict, rows: list[TrialRow], best, test_result, files: 
         cells += [row.score, row.best_epoch, row.epochs_run, row.error]
         lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
     lines.append("")
-    if best is None:
+    unfinished = sum(row.status in ("unfinished", "not started") for row in rows)
+    if best is None and unfinished:
+        lines.append(
+            f"No best trial yet: {unfinished} of {len(rows)} trials did not finish (the search was stopped; "
+            "`--resume` continues it). The best is picked, and the test set evaluated, once every trial has ended."
+        )
+    elif best is None:
         lines.append("No best trial: no trial finished with a validation score.")
     else:
         lines += [
