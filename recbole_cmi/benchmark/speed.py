@@ -29,8 +29,9 @@ cost per training sample across sizes (constant cost per sample = epoch time lin
 machine and the exact command. ``--profile CMI`` adds the top operators of a few profiled training steps
 and of one full-sort evaluation batch (torch.profiler). A model entry may carry config overrides,
 ``Model:key=value[:key=value]`` (values read as yaml), so variants run side by side in one report, e.g.
-``--models CMI,CMI:sparse_item_updates=True,SASRec``; every entry of class CMI is checked against the targets. Text after the line ``<!-- end of generated report -->`` in an existing ``--out`` file is
-kept when the report is rewritten (hand-written analysis).
+``--models CMI,CMI:sparse_item_updates=True,SASRec``; every entry of class CMI is checked against the targets.
+Text after the line ``<!-- end of generated report -->`` in an existing ``--out`` file is kept when the report
+is rewritten (hand-written analysis).
 
 Bigger sizes: ``--sizes 5m:1m`` works given time and memory: RecBole's prefix expansion (a Python loop, about
 1-2 min per million interactions on one core) and its ``[rows, max_len]`` history tensors (item ids and
@@ -705,8 +706,8 @@ def format_report(sizes: list[SizeResult], args, machine: dict, command: str, st
         f"negatives + InfoNCE; the others: RecBole's full softmax (CE) over the catalogue)"
         + (f"; score_chunk_size {args.score_chunk_size}" if args.score_chunk_size is not None else ""),
         f"- Training: {args.warmup} untimed + {args.steps} timed steps (batch from the real training loader "
-        f"with its hooks, calculate_loss, backward, the trainer's optimizer step: Adam, or LazyAdam for sparse item updates). Seconds per epoch = training rows / samples per "
-        f"second. Evaluation: full sort over all items for {args.eval_users} test users, "
+        "with its hooks, calculate_loss, backward, the trainer's optimizer step: Adam, or LazyAdam for sparse item "
+        f"updates). Seconds per epoch = training rows / samples per second. Evaluation: full sort over all items for {args.eval_users} test users, "
         f"{args.eval_batch_size} per batch (one untimed warm-up batch), history masking and top-k included.",
         "- Peak memory: rise of the process's resident set above its level at the start of the phase (training: "
         "model, optimizer state and the steps; evaluation: the pass)"
