@@ -707,7 +707,8 @@ def format_report(sizes: list[SizeResult], args, machine: dict, command: str, st
         + (f"; score_chunk_size {args.score_chunk_size}" if args.score_chunk_size is not None else ""),
         f"- Training: {args.warmup} untimed + {args.steps} timed steps (batch from the real training loader "
         "with its hooks, calculate_loss, backward, the trainer's optimizer step: Adam, or LazyAdam for sparse item "
-        f"updates). Seconds per epoch = training rows / samples per second. Evaluation: full sort over all items for {args.eval_users} test users, "
+        "updates). Seconds per epoch = training rows / samples per second. Evaluation: full sort over all items "
+        f"for {args.eval_users} test users, "
         f"{args.eval_batch_size} per batch (one untimed warm-up batch), history masking and top-k included.",
         "- Peak memory: rise of the process's resident set above its level at the start of the phase (training: "
         "model, optimizer state and the steps; evaluation: the pass)"
