@@ -337,7 +337,28 @@ def test_the_seeds_line_names_the_seeds_of_every_run_in_the_table():
     rows = [
         {"model": "CMI", "seed": "2022", "status": "ok"},
         {"model": "CMI", "seed": "2023", "status": "ok"},  # kept from an earlier --seeds=2 invocation
-        {"model": "SASRec", "seed": "2024", "status": "failed"},
-        {"model": "GRU4Rec", "seed": "2025", "status": "ok"},  # not a model of this table
+        {"model": "SASRec", "seed": "2022", "status": "ok"},
+        {"model": "SASRec", "seed": "2023", "status": "failed"},
+        {"model": "GRU4Rec", "seed": "2025", "status": "ok"},  # kept from an invocation with other --models
+        {"model": "ComiRecSA", "seed": "2022", "status": "failed"},  # no finished run: no seed to name
     ]
-    assert report.seeds_in_table(rows, ["CMI", "SASRec"], [2022]) == [2022, 2023]
+    assert report.finished_seeds(rows) == {"CMI": [2022, 2023], "SASRec": [2022], "GRU4Rec": [2025]}
+    assert report.seeds_in_table(rows, [2022]) == [2022, 2023, 2025]
+    assert report.uneven_seeds(rows, [2022]) == " (CMI: 2022, 2023 only; SASRec: 2022 only; GRU4Rec: 2025 only)"
+    assert report.uneven_seeds(rows[:2], [2022, 2023]) == ""
+    assert report.kept_runs(rows, ["CMI", "SASRec"], [2022]) == ["CMI seed 2023", "GRU4Rec seed 2025"]
+    assert report.kept_runs(rows, ["CMI", "SASRec", "GRU4Rec"], [2022, 2023, 2025]) == []
+
+
+def test_a_refresh_with_fewer_models_and_seeds_keeps_the_other_runs_and_says_so(two_by_two, tmp_path):
+    outcome, given = two_by_two
+    out = tmp_path / "results"
+    (out / "tiny").mkdir(parents=True)
+    (out / "tiny" / "loo.csv").write_text(outcome.csv_path.read_text())
+    refresh = dataclasses.replace(given, models=["SASRec"], seeds=1, resume=True, out=str(out))
+    again = run_benchmark(refresh)  # SASRec seed 2022 is finished: nothing runs, the table is rewritten
+    assert report.read_runs(again.csv_path) == report.read_runs(outcome.csv_path)
+    text = again.md_path.read_text()
+    assert "- **Seeds**: 2022, 2023; cells are" in text  # ComiRecSA never finished: not an uneven model
+    assert text.count("| 2/2 |") == 2  # SASRec and GRU4Rec keep both seeds in the table
+    assert "outside this command's `--models` × `--seeds`: SASRec seed 2023; GRU4Rec seeds 2022, 2023." in text

@@ -401,11 +401,38 @@ def _topk(meta: dict) -> list | None:
     return topk if isinstance(topk, list) else [topk] if topk else None
 
 
-def seeds_in_table(rows: list[dict], models: list[str], planned: list[int]) -> list[int]:
+def finished_seeds(rows: list[dict]) -> dict[str, list[int]]:
+    """Per model in ``rows`` (in order of appearance), the seeds of its finished runs."""
+    seeds: dict[str, set[int]] = {}
+    for row in rows:
+        if row.get("status") == "ok":
+            seeds.setdefault(row["model"], set()).add(int(row["seed"]))
+    return {model: sorted(values) for model, values in seeds.items()}
+
+
+def seeds_in_table(rows: list[dict], planned: list[int]) -> list[int]:
     """The seeds the table summarises: this invocation's, and those of finished runs kept from the csv
-    (``--resume`` with fewer ``--seeds`` than an earlier invocation keeps its runs in the table)."""
-    kept = {int(row["seed"]) for row in rows if row.get("status") == "ok" and row.get("model") in models}
-    return sorted(kept | set(planned))
+    (``--resume`` with other ``--seeds`` or ``--models`` than an earlier invocation keeps its runs in the table)."""
+    return sorted(set(planned).union(*finished_seeds(rows).values()))
+
+
+def uneven_seeds(rows: list[dict], planned: list[int]) -> str:
+    """``" (CL4SRec: 2022 only)"``: the models whose finished seeds are not all of the table's, else ``""``."""
+    every = seeds_in_table(rows, planned)
+    fewer = [
+        f"{model}: {', '.join(map(str, seeds))} only" for model, seeds in finished_seeds(rows).items() if seeds != every
+    ]
+    return f" ({'; '.join(fewer)})" if fewer else ""
+
+
+def kept_runs(rows: list[dict], models: list[str], planned: list[int]) -> list[str]:
+    """The finished runs in the table that this invocation's ``--models`` × ``--seeds`` does not cover, as
+    ``"CL4SRec seed 2022"``: they come from an earlier invocation (``--resume``), whose command is not recorded."""
+    return [
+        f"{model} seed{'s' if len(outside) > 1 else ''} {', '.join(map(str, outside))}"
+        for model, seeds in finished_seeds(rows).items()
+        if (outside := [seed for seed in seeds if model not in models or seed not in planned])
+    ]
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -430,7 +457,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"{shared.get('valid_metric')}; the test set is evaluated once, with the best validation checkpoint.",
         f"- **Epoch cap reached** by {capped} of {finished} finished runs"
         + (" (those runs may not have converged)." if capped else "."),
-        f"- **Seeds**: {', '.join(str(s) for s in seeds_in_table(rows, meta['models'], meta['seeds']))}; cells are "
+        f"- **Seeds**: {', '.join(str(s) for s in seeds_in_table(rows, meta['seeds']))}"
+        f"{uneven_seeds(rows, meta['seeds'])}; cells are "
         "mean ± sample standard deviation "
         "(n − 1) over the seeds that finished (a single value when one did); best mean per column in bold.",
         "- **Cost** (wall-clock, per run): train s/epoch is a training epoch; eval s the test-set evaluation "
@@ -475,6 +503,16 @@ def markdown(rows: list[dict], meta: dict) -> str:
         meta["command"],
         "```",
         "",
+    ]
+    kept = kept_runs(rows, meta["models"], meta["seeds"])
+    if kept:
+        lines += [
+            f"The table also keeps finished runs of the same shared config from earlier invocations (`--resume`), "
+            f"outside this command's `--models` × `--seeds`: {'; '.join(kept)}. Rerun them with this command, "
+            "`--models` and `--seeds` changed to cover them.",
+            "",
+        ]
+    lines += [
         "Shared config (every model and seed; the seed varies):",
         "",
         "```yaml",
