@@ -11,7 +11,7 @@ import sys
 
 
 def main(argv=None) -> int:
-    from recbole_cmi.cli import OneLineArgumentParser, run_cli
+    from recbole_cmi.cli import TRUST_HELP, OneLineArgumentParser, run_cli
 
     parser = OneLineArgumentParser(prog="python -m recbole_cmi.recommend", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -19,6 +19,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--user", required=True, help="the user's original id, as in the .inter file")
     parser.add_argument("--topk", type=int, default=20, help="number of items (default 20)")
+    parser.add_argument("--trust_checkpoint", action="store_true", help=TRUST_HELP)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.topk < 1:
         parser.error(f"--topk must be >= 1, got {args.topk}")
@@ -29,7 +30,7 @@ def _run(args) -> int:
     from recbole_cmi.tools.common import load
     from recbole_cmi.tools.recommend import format_recommendation, recommend
 
-    config, model, dataset, *_ = load(args.checkpoint)
+    config, model, dataset, *_ = load(args.checkpoint, args.trust_checkpoint)
     print(format_recommendation(recommend(model, dataset, args.user, args.topk), config["model"]))
     return 0
 

@@ -1,8 +1,11 @@
 """RecBole's Trainer with what our runs need on top.
 
-* Checkpoints are loaded with ``weights_only=False`` (they pickle RecBole's ``Config``), only
-  for files this run wrote or the user named, and written atomically (temp file, fsync, rename),
-  so a kill while saving never leaves a corrupt or partial checkpoint: the previous one stays.
+* Checkpoints are written in the safe format of :mod:`recbole_cmi.checkpoint` (plain data and
+  tensors, so they load with ``torch.load(weights_only=True)``: loading never runs code) and
+  atomically (temp file, fsync, rename), so a kill while saving never leaves a corrupt or partial
+  checkpoint: the previous one stays. They record the user/item id mapping of the training data;
+  resuming on data whose mapping differs is refused. A pickled (old or foreign) checkpoint is
+  read only with ``resume_checkpoint(..., trust=True)`` (``--trust_checkpoint``).
 * Two checkpoints per run: RecBole's best-model file ``<Model>-<time>.pth`` (written when the
   validation score improves; the test set is evaluated with it) and ``<Model>-<time>-last.pth``,
   rewritten after every validation. Both also hold the random number generator states (Python,
@@ -42,7 +45,8 @@ import torch
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
-from recbole_cmi.compat import disable_anomaly_mode, load_checkpoint
+from recbole_cmi.checkpoint import check_id_mapping, checkpoint_payload, id_mapping_fingerprint, load_checkpoint
+from recbole_cmi.compat import disable_anomaly_mode
 from recbole_cmi.data.protocol import MultiTargetEvalLoader, evaluate_multi_target
 from recbole_cmi.distributed import DeviceAwareDDP, barrier, same_on_all_ranks
 from recbole_cmi.errors import CheckpointError, ConfigValueError, NonFiniteLossError
@@ -63,7 +67,8 @@ def atomic_torch_save(state, target) -> None:
     tmp = f"{target}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f, pickle_protocol=4)
+            # torch's default protocol: the weights-only loader does not read protocol 4 (RecBole's).
+            torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -105,6 +110,9 @@ class CheckpointMixin:
     _train_data = None
     _pending_rng_state = None
     _resumed = False
+    _id_mapping = None
+    _trusted_files = frozenset()  # pickled checkpoints the user vouched for (--trust_checkpoint)
+    _resumed_from = None  # (path, checkpoint) until fit has compared its id mapping with the data
 
     def __init__(self, config, model):
         # RecBole's ensure_dir checks, then creates: two DDP ranks can race into FileExistsError.
@@ -118,19 +126,22 @@ class CheckpointMixin:
         return last_checkpoint_path(self.saved_model_file)
 
     def _checkpoint_state(self, epoch, kind) -> dict:
-        return {
-            "config": self.config,
-            "epoch": epoch,
-            "cur_step": self.cur_step,
-            "best_valid_score": self.best_valid_score,
-            "best_valid_result": self.best_valid_result,
-            "state_dict": self.model.state_dict(),
-            "other_parameter": self.model.other_parameter(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng_state": capture_rng_state(self._train_data),
-            "kind": kind,
-            "best_model_file": os.path.basename(self.saved_model_file),
-        }
+        return checkpoint_payload(
+            {
+                "config": self.config,
+                "epoch": epoch,
+                "cur_step": self.cur_step,
+                "best_valid_score": self.best_valid_score,
+                "best_valid_result": self.best_valid_result,
+                "state_dict": self.model.state_dict(),
+                "other_parameter": self.model.other_parameter(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng_state": capture_rng_state(self._train_data),
+                "kind": kind,
+                "best_model_file": os.path.basename(self.saved_model_file),
+                "id_mapping": self._id_mapping,
+            }
+        )
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
@@ -147,17 +158,9 @@ class CheckpointMixin:
             return
         atomic_torch_save(self._checkpoint_state(epoch, "last"), self.last_model_file)
 
-    def _load_own_checkpoint(self, path) -> dict:
+    def _load_own_checkpoint(self, path, trust=False) -> dict:
         path = str(path)
-        if not os.path.isfile(path):
-            raise CheckpointError(f"checkpoint file not found: {path}")
-        try:
-            checkpoint = load_checkpoint(path, map_location=self.device)
-        except Exception as err:  # a truncated or foreign file
-            first_line = (str(err).strip().splitlines() or [""])[0]
-            raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {first_line}") from err
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise CheckpointError(f"{path} is not a RecBole/recbole_cmi checkpoint (no 'state_dict' entry)")
+        checkpoint = load_checkpoint(path, map_location=self.device, trust=trust)
         saved_config = checkpoint.get("config")
         for key in ("model", "dataset"):
             saved = _config_value(saved_config, key)
@@ -176,13 +179,14 @@ class CheckpointMixin:
             ) from err
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
 
-    def resume_checkpoint(self, resume_file):
+    def resume_checkpoint(self, resume_file, trust=False):
+        """Continue training from ``resume_file``; ``trust=True`` also reads a pickled (old) checkpoint."""
         resume_file = str(resume_file)
-        checkpoint = self._load_own_checkpoint(resume_file)
+        checkpoint = self._load_own_checkpoint(resume_file, trust)
         if checkpoint.get("kind") != "last":
             last_file = last_checkpoint_path(resume_file)
             if os.path.isfile(last_file):
-                last = self._load_own_checkpoint(last_file)
+                last = self._load_own_checkpoint(last_file, trust)
                 if last["epoch"] >= checkpoint["epoch"]:
                     self.logger.info(
                         f"{resume_file} holds the best model (epoch {checkpoint['epoch']}); continuing from "
@@ -209,10 +213,18 @@ class CheckpointMixin:
         self.best_valid_result = checkpoint.get("best_valid_result")
         self._pending_rng_state = checkpoint.get("rng_state")
         self._resumed = True
+        self._resumed_from = (resume_file, checkpoint)
+        if trust:  # the run may evaluate its best model from this file again, before it writes a new one
+            self._trusted_files = frozenset({resume_file, self.saved_model_file})
         self.logger.info(f"Checkpoint {resume_file} loaded. Resume training from epoch {self.start_epoch}")
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._train_data = train_data
+        self._id_mapping = id_mapping_fingerprint(train_data._dataset)
+        if self._resumed_from is not None:
+            path, checkpoint = self._resumed_from
+            check_id_mapping(checkpoint, train_data._dataset, path)
+            self._resumed_from = None
         if self._pending_rng_state is not None:
             restore_rng_state(self._pending_rng_state, train_data)
             self._pending_rng_state = None
@@ -234,7 +246,7 @@ class CheckpointMixin:
         if eval_data and load_best_model:
             barrier(self.config)  # DDP: wait until rank 0 has written the checkpoint
             checkpoint_file = model_file or self.saved_model_file
-            checkpoint = self._load_own_checkpoint(checkpoint_file)
+            checkpoint = self._load_own_checkpoint(checkpoint_file, trust=checkpoint_file in self._trusted_files)
             self._load_model_state(checkpoint, checkpoint_file)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         if isinstance(eval_data, MultiTargetEvalLoader):  # eval_protocol: multi_target (validation and test)
@@ -293,9 +305,12 @@ class Trainer(*PLUGIN_TRAINER_MIXINS, RecBoleTrainer, DeviceAwareDDP):  # Device
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         loss_func = loss_func or self.model.calculate_loss
         names = getattr(self.model, "loss_names", None)
+        weight_keys = getattr(self.model, "loss_weight_keys", {})
+        first_step = [epoch_idx == self.start_epoch and not self._resumed]
 
         def checked(interaction):
             losses = loss_func(interaction)
+            before_any_update, first_step[0] = first_step[0], False
             terms = losses if isinstance(losses, tuple) else (losses,)
             for index, term in enumerate(terms):
                 if not torch.isfinite(term).all():
@@ -311,8 +326,15 @@ class Trainer(*PLUGIN_TRAINER_MIXINS, RecBoleTrainer, DeviceAwareDDP):  # Device
                     raise NonFiniteLossError(
                         f"training stopped at epoch {epoch_idx}: loss component '{name}' of "
                         f"{type(self.model).__name__} is {term.detach().float().sum().item()}{kept} "
-                        f"(try a lower learning_rate)"
+                        f"({self._non_finite_hint(name, weight_keys.get(name), before_any_update)})"
                     )
             return losses
 
         return super()._train_epoch(train_data, epoch_idx, checked, show_progress)
+
+    def _non_finite_hint(self, name, weight_key, before_any_update) -> str:
+        weight = f"{weight_key}={self.config[weight_key]}" if weight_key else None
+        if before_any_update:  # no optimiser step yet: the learning rate cannot be the cause
+            cause = f"the weight {weight}" if weight else "a setting of the model"
+            return f"it is not finite before the first update, so the cause is {cause}, not the learning rate"
+        return f"try a lower learning_rate{f', or a smaller {weight}' if weight else ''}"

@@ -37,6 +37,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from recbole_cmi import options
 from recbole_cmi.data.augmentation import ContrastiveViews, view_fields
 from recbole_cmi.data.sampler import SHARED_NEG_FIELD, SharedNegatives
 from recbole_cmi.errors import ConfigValueError
@@ -67,25 +68,27 @@ def uniformity_loss(assignment: torch.Tensor, valid: torch.Tensor) -> torch.Tens
 
 class CMI(SequentialRecommender):
     loss_names = ("rec", "cl", "orth", "uni")
+    loss_weight_keys = {"cl": "cl_weight", "orth": "orth_weight", "uni": "uniform_weight"}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.embedding_size = config["embedding_size"]
-        self.num_interest = config["num_interest"]
-        self.assign_temperature = config["assign_temperature"]
-        self.temperature = config["temperature"]
-        self.cl_temperature = config["cl_temperature"]
-        self.cl_weight = config["cl_weight"]
-        self.orth_weight = config["orth_weight"]
-        self.uniform_weight = config["uniform_weight"]
-        self.use_general_interest = bool(config["use_general_interest"])
-        self.sphere_projection = bool(config["sphere_projection"])
-        self.category_init = config["category_init"]
-        self.loss_type = config["loss_type"]
-        self.rec_loss_input = config["rec_loss_input"]
-        self.score_chunk_size = config["score_chunk_size"]
-        self.sparse_item_updates = bool(config["sparse_item_updates"])
-        self._validate()
+        self.embedding_size = options.integer(config, "embedding_size", minimum=1)
+        self.num_interest = options.integer(config, "num_interest", minimum=1)
+        for key in ("assign_temperature", "temperature", "cl_temperature"):
+            setattr(self, key, options.real(config, key, low=0, lower_open=True))
+        for key in ("cl_weight", "orth_weight", "uniform_weight"):
+            setattr(self, key, options.real(config, key, low=0))
+        self.use_general_interest = options.flag(config, "use_general_interest")
+        self.sphere_projection = options.flag(config, "sphere_projection")
+        self.category_init = options.choice(config, "category_init", CATEGORY_INITS)
+        self.loss_type = options.choice(config, "loss_type", LOSS_TYPES)
+        self.rec_loss_input = options.choice(config, "rec_loss_input", REC_LOSS_INPUTS)
+        self.score_chunk_size = options.integer(config, "score_chunk_size", minimum=0, default=0)
+        self.sparse_item_updates = options.flag(config, "sparse_item_updates", default=False)
+        _require(
+            not (self.sparse_item_updates and self.loss_type == "CE"),
+            "sparse_item_updates: True needs loss_type SAMPLED or BPR: CE scores every item, so its gradient is dense",
+        )
         _require(
             not (self.sparse_item_updates and (int(config["world_size"] or 1) > 1 or int(config["nproc"] or 1) > 1)),
             "sparse_item_updates: True runs in one process only (DDP does not reduce the sparse item gradients); "
@@ -102,29 +105,6 @@ class CMI(SequentialRecommender):
         self.gru = nn.GRU(d, d, num_layers=1, bias=False, batch_first=True)
         self.general_mlp = nn.Sequential(nn.Linear(d, d), nn.ReLU())
         self._init_parameters()
-
-    def _validate(self):
-        _require(
-            self.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}"
-        )
-        _require(int(self.num_interest) >= 1, f"num_interest (m) must be >= 1, got {self.num_interest}")
-        _require(int(self.embedding_size) >= 1, f"embedding_size must be >= 1, got {self.embedding_size}")
-        for key in ("assign_temperature", "temperature", "cl_temperature"):
-            _require(float(getattr(self, key)) > 0, f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("cl_weight", "orth_weight", "uniform_weight"):
-            _require(float(getattr(self, key)) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
-        _require(
-            self.category_init in CATEGORY_INITS,
-            f"category_init must be one of {', '.join(CATEGORY_INITS)}, got {self.category_init!r}",
-        )
-        _require(
-            self.rec_loss_input in REC_LOSS_INPUTS,
-            f"rec_loss_input must be one of {', '.join(REC_LOSS_INPUTS)}, got {self.rec_loss_input!r}",
-        )
-        _require(
-            not (self.sparse_item_updates and self.loss_type == "CE"),
-            "sparse_item_updates: True needs loss_type SAMPLED or BPR: CE scores every item, so its gradient is dense",
-        )
 
     def _init_parameters(self):
         # The authors' init_parameter: U(-1/sqrt(d), 1/sqrt(d)) for every parameter; the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recbole_cmi import options
 from recbole_cmi.model.comirec_sa import ComiRecBase
 
 
@@ -84,7 +85,7 @@ class ComiRecDR(ComiRecBase):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.routing_times = self._int_option(config, "routing_times", minimum=1)
+        self.routing_times = options.integer(config, "routing_times", minimum=1)
         self.interest_extractor = CapsuleInterests(
             self.embedding_size, self.num_interest, self.max_seq_length, routing_times=self.routing_times
         )

@@ -13,14 +13,12 @@ scores the readout against one sampled negative.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 from torch import nn
 
-from recbole_cmi.errors import ConfigValueError
+from recbole_cmi import options
 from recbole_cmi.model.layers import max_over_interests, max_over_interests_paired
 
 # The official code's value for padded attention logits; exp() of it underflows to exactly 0.
@@ -37,30 +35,14 @@ class ComiRecBase(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.embedding_size = self._int_option(config, "embedding_size", minimum=1)
-        self.num_interest = self._int_option(config, "num_interest", minimum=1)
-        self.score_chunk_size = self._int_option(config, "score_chunk_size", minimum=0)
-        self.loss_type = config["loss_type"]
-        if self.loss_type not in self.LOSS_TYPES:
-            raise ConfigValueError(f"loss_type must be one of {list(self.LOSS_TYPES)}, got {self.loss_type!r}")
+        self.embedding_size = options.integer(config, "embedding_size", minimum=1)
+        self.num_interest = options.integer(config, "num_interest", minimum=1)
+        self.score_chunk_size = options.integer(config, "score_chunk_size", minimum=0)
+        self.loss_type = options.choice(config, "loss_type", self.LOSS_TYPES)
 
         # One table for history and targets (anchors.md §3.1); row 0 is RecBole's padding id.
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
         self.loss_fct = nn.CrossEntropyLoss() if self.loss_type == "CE" else BPRLoss()
-
-    @staticmethod
-    def _int_option(config, key, minimum):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            raise ConfigValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
-        return int(value)
-
-    @staticmethod
-    def _bool_option(config, key):
-        value = config[key]
-        if not isinstance(value, bool):
-            raise ConfigValueError(f"{key} must be True or False, got {value!r}")
-        return value
 
     @staticmethod
     def _init_weights(module):
@@ -146,7 +128,7 @@ class ComiRecSA(ComiRecBase):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.add_pos = self._bool_option(config, "add_pos")
+        self.add_pos = options.flag(config, "add_pos")
         self.interest_extractor = SelfAttentiveInterests(
             self.embedding_size, self.num_interest, self.max_seq_length, add_pos=self.add_pos
         )

@@ -24,13 +24,11 @@ def pyplot():
     return plt
 
 
-def load(checkpoint):
-    """``load_data_and_model`` with a clear error for a missing file."""
+def load(checkpoint, trust: bool = False):
+    """``load_data_and_model``: read without running code in the file unless ``trust`` (``--trust_checkpoint``)."""
     from recbole_cmi.quick_start import load_data_and_model
 
-    if not os.path.isfile(str(checkpoint)):
-        raise ToolError(f"checkpoint file not found: {checkpoint}")
-    return load_data_and_model(str(checkpoint))
+    return load_data_and_model(str(checkpoint), trust=trust)
 
 
 # --------------------------------------------------------------------------- histories
@@ -186,7 +184,7 @@ def score_users(model, item_seq, item_seq_len, user_ids=None):
 
 
 def parse_value(text: str):
-    """A command-line value as RecBole's Config reads it (numbers, lists, True/False, else the string)."""
-    from recbole.config import Config
+    """A command-line value as our Config reads it (numbers, lists, True/False, else the string; never code)."""
+    from recbole_cmi.config import literal_value
 
-    return Config._convert_config_dict(None, {"value": text})["value"]
+    return literal_value(text)

@@ -287,7 +287,7 @@ def test_the_hook_defaults():
 @pytest.mark.parametrize(
     ("key", "value", "accepted"),
     [
-        ("cl_augmentation", "shuffle", "random_split, crop, mask, reorder, random"),
+        ("cl_augmentation", "shuffle", "one of 'random_split', 'crop', 'mask', 'reorder', 'random'"),
         ("crop_eta", -0.1, "[0, 1]"),
         ("mask_gamma", 1.5, "[0, 1]"),
         ("reorder_beta", "half", "[0, 1]"),
