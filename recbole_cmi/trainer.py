@@ -28,7 +28,7 @@
   checkpoint name and waits for rank 0 to have written it before loading it.
 * ``exclude_history_items: True``: full-sort validation and test (``eval_protocol: loo``) give the items of
   each user's input history (``item_id_list``) the score -inf, as the CMI authors' retrieval drops them
-  (cmi.md §4); every sequential model is evaluated so. General models already have RecBole's own
+  (docs/cmi.md §4.2); every sequential model is evaluated so. General models already have RecBole's own
   history mask.
 * Under ``eval_protocol: multi_target`` validation and test use that protocol's evaluator
   (:mod:`recbole_cmi.data.protocol`), so early stopping follows its validation metric.

@@ -8,12 +8,12 @@ never empty.
 
 Operations, vectorised over the batch (sequences are left-aligned, 0 = padding):
 
-* ``random_split`` (CMI, cmi.md §2.1): the history is split at random into two disjoint halves;
+* ``random_split`` (CMI, docs/cmi.md §2.1): the history is split at random into two disjoint halves;
   view 1 takes ⌊n/2⌋ random positions, view 2 the rest. Histories of at most
   ``cl_split_min_length`` items (6 in the authors' code) are not split: both views are the
   whole history. Both views keep time order by default; ``cl_shuffle_first_view: True``
-  reproduces the authors' code, where view 1 comes out in random order (cmi.md §7 #3).
-* ``crop`` (CL4SRec, anchors.md §4.1): a random contiguous sub-sequence of max(1, ⌊η·n⌋) items.
+  reproduces the authors' code, where view 1 comes out in random order (docs/cmi.md §2.3).
+* ``crop`` (CL4SRec, docs/baselines.md §2.1): a random contiguous sub-sequence of max(1, ⌊η·n⌋) items.
 * ``mask``: ⌊γ·n⌋ random positions replaced by a dedicated mask id (``dataset.item_num``,
   one past the catalogue; models that use it size their embedding table ``n_items + 1``).
 * ``reorder``: a random contiguous sub-sequence of ⌊β·n⌋ items is shuffled.
@@ -59,7 +59,7 @@ def compact(seq: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def random_split(seq, lengths, min_split_length=6, shuffle_first_view=False, generator=None):
-    """Two disjoint random halves of each history (cmi.md §2.1); short histories are not split."""
+    """Two disjoint random halves of each history (docs/cmi.md §2.1); short histories are not split."""
     positions = _positions(seq)
     valid = positions < lengths[:, None]
     order = _random_keys(seq, lengths, generator).argsort(dim=1)

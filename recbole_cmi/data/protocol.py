@@ -2,8 +2,8 @@
 
 ``eval_protocol: loo`` (the default) is RecBole's: per user the last interaction is the test target,
 the one before it the validation target, and all items are ranked, including (for sequential models)
-the items already in the user's history. ``multi_target`` is the protocol of Li et al. (SIGIR 2022,
-section 5 of ``cmi.md``):
+the items already in the user's history. ``multi_target`` is the protocol of Li et al. (SIGIR 2022;
+docs/cmi.md §4.3):
 
 * **Periods.** Each user's interactions, in time order, fall into training, validation and test
   periods (``multi_target_split``):

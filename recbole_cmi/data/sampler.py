@@ -1,7 +1,7 @@
 """Negatives for CMI's sampled softmax, drawn as a train-only batch hook.
 
 :class:`SharedNegatives` adds one negative item per training row under ``shared_neg_item_id``;
-the model uses all of them as the candidate negatives of every row (cmi.md §3.2: negatives
+the model uses all of them as the candidate negatives of every row (docs/cmi.md §3.2: negatives
 shared across the batch). Two strategies (``neg_sampler``):
 
 * ``uniform`` (the authors' code, default): an item drawn uniformly from the catalogue, not in

@@ -10,11 +10,11 @@ sampled negative). ``L_cl`` is NT-Xent over the 2N views of a batch of N sequenc
 each view's positive is the other view of its sequence, the other 2(N−1) views are negatives,
 averaged over the 2N anchors — :func:`recbole_cmi.model.layers.info_nce` with
 ``in_view_negatives=True, combine="mean"``, the computation of the DuoRec / RecBole-DA lineage
-(``sim`` dot or cos, ``tau`` 1.0, ``lmd`` 0.1; anchors.md §4.2).
+(``sim`` dot or cos, ``tau`` 1.0, ``lmd`` 0.1; docs/baselines.md §2.2).
 
 The views come from the shared train-only hook :class:`recbole_cmi.data.augmentation.ContrastiveViews`
 (``cl_augmentation: random``: two different operations among crop / mask / reorder per
-sequence, Eq. 5-7). It fixes the defects of the anchors (anchors.md §4.3): views are new
+sequence, Eq. 5-7). It fixes the defects of the public code (docs/baselines.md §2.3): views are new
 tensors (the batch is never edited in place), a crop keeps at least one item, the mask token is
 the dedicated id ``n_items`` (the item table has ``n_items + 1`` rows, and the output layer and
 ``full_sort_predict`` use only the first ``n_items``), and NT-Xent builds its masks per call, so

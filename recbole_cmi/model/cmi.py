@@ -1,24 +1,27 @@
 """CMI: contrastive multiple interests (Li et al., SIGIR 2022, arXiv 2205.09593).
 
 Follows the authors' code (libeibei95/CMI, class ``DevCL``, options ``--interest_type Plus
---sampler R``) as restated in ``cmi.md``; equation numbers below refer to its sections.
+--sampler R``) as described in docs/cmi.md, whose sections the references below name.
 
-* Item and m implicit category embeddings live on the unit sphere (§1.2): before each forward
-  pass their rows are re-projected in place (``sphere_projection: True``, as run), or only
-  normalised inside the forward pass (``False``: raw weights kept).
-* Soft assignment p = softmax_l(cos(v, g_l) / ε), zero on padding (§1.2).
-* Interest l: u^l = normalise(Σ_k p_k^l v_k) (§1.3). General interest h = normalise(ReLU(Linear(
-  GRU(V)))[last valid]) with a 1-layer bias-free GRU (§1.4). Final ũ^l = normalise(u^l + h).
-* Score of item j: max_l cos(ũ^l, v_j), per candidate, in training and inference alike (§3.2, §4).
-* Losses (§3.3): recommendation + λ_cl·InfoNCE over (user, interest) pairs of two views (§2.2)
-  + λ_orth·‖GGᵀ − I‖²_F/m² + λ_uni·std(p̄)/mean(p̄) (§1.2).
-  ``loss_type``: ``SAMPLED`` — the paper's sampled softmax over the row's positive and the
-  negatives of every row in the batch (§3.2); ``CE`` — RecBole's full softmax over all items;
+* Item and m implicit category embeddings live on the unit sphere (docs/cmi.md §1.1): before
+  each forward pass their rows are re-projected in place (``sphere_projection: True``, as run),
+  or only normalised inside the forward pass (``False``: raw weights kept).
+* Soft assignment p = softmax_l(cos(v, g_l) / ε), zero on padding (docs/cmi.md §1.2).
+* Interest l: u^l = normalise(Σ_k p_k^l v_k) (docs/cmi.md §1.4). General interest
+  h = normalise(ReLU(Linear(GRU(V)))[last valid]) with a 1-layer bias-free GRU (docs/cmi.md §1.5).
+  Final ũ^l = normalise(u^l + h).
+* Score of item j: max_l cos(ũ^l, v_j), per candidate, in training and inference alike
+  (docs/cmi.md §3.2, §4.1).
+* Losses (docs/cmi.md §3.3): recommendation + λ_cl·InfoNCE over (user, interest) pairs of two
+  views (docs/cmi.md §2.2) + λ_orth·‖GGᵀ − I‖²_F/m² + λ_uni·std(p̄)/mean(p̄) (docs/cmi.md §1.3).
+  ``loss_type``: ``SAMPLED`` — the authors' sampled softmax over the row's positive and the
+  negatives of every row in the batch (docs/cmi.md §3.2); ``CE`` — RecBole's full softmax over all
+  items;
   ``BPR`` — against RecBole's sampled negative. Logits are cosine scores / τ in all three.
 * With the contrastive loss on, the recommendation loss is computed on the two views, both
-  with the row's target as positive (§2.1/§3.1: the authors train on the views; their ``O``
+  with the row's target as positive (docs/cmi.md §3.4: the authors train on the views; their ``O``
   sampler, the no-CL ablation, trains on the whole history). RecBole's pipeline supplies the
-  target: the next item of an all-prefix expansion, not a random later item (§3.1).
+  target: the next item of an all-prefix expansion, not a random later item (docs/cmi.md §3.1).
   ``rec_loss_input: history`` (ours) scores the whole history against the target instead, as at
   inference, and keeps the views for the contrastive loss only (one more encoder pass per row).
 * ``sparse_item_updates: True`` (ours, off by default): the item table gets sparse gradients and
@@ -54,14 +57,14 @@ def _require(condition: bool, message: str):
 
 
 def orthogonality_loss(categories: torch.Tensor) -> torch.Tensor:
-    """‖GGᵀ − I‖²_F / m² for unit-norm category rows G [m, d] (cmi.md §1.2)."""
+    """‖GGᵀ − I‖²_F / m² for unit-norm category rows G [m, d] (docs/cmi.md §1.3)."""
     m = categories.shape[0]
     gram = categories @ categories.T
     return ((gram - torch.eye(m, device=categories.device)) ** 2).sum() / m**2
 
 
 def uniformity_loss(assignment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """std(p̄) / mean(p̄), p̄ the mean assignment over all valid positions (cmi.md §1.2)."""
+    """std(p̄) / mean(p̄), p̄ the mean assignment over all valid positions (docs/cmi.md §1.3)."""
     usage = assignment[valid].mean(dim=0)
     return usage.std() / usage.mean()
 
@@ -108,7 +111,7 @@ class CMI(SequentialRecommender):
 
     def _init_parameters(self):
         # The authors' init_parameter: U(-1/sqrt(d), 1/sqrt(d)) for every parameter; the
-        # orthogonal init it meant for the categories never matched a parameter name (cmi.md §1.5).
+        # orthogonal init it meant for the categories never matched a parameter name (docs/cmi.md §1.6).
         bound = 1.0 / math.sqrt(self.embedding_size)
         for parameter in self.parameters():
             nn.init.uniform_(parameter, -bound, bound)
@@ -154,7 +157,7 @@ class CMI(SequentialRecommender):
 
     # ----------------------------------------------------------------- encoder
     def assignment(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """p[b, k, l] = softmax_l(cos(v_k, g_l)/ε), 0 on padding (cmi.md §1.2). [B, L, m]."""
+        """p[b, k, l] = softmax_l(cos(v_k, g_l)/ε), 0 on padding (docs/cmi.md §1.2). [B, L, m]."""
         vectors = self.item_vectors(item_seq)
         logits = vectors @ self.category_vectors().T / self.assign_temperature
         return torch.softmax(logits, dim=-1) * (item_seq > 0).unsqueeze(-1)
@@ -190,7 +193,7 @@ class CMI(SequentialRecommender):
         pos_scores = max_over_interests_paired(interests, self.item_vectors(pos_items))
         if self.loss_type == "SAMPLED":
             # Every view row carries its user's negative, so each negative is a candidate
-            # `repeat` times (cmi.md §3.2): adding log(repeat) to its logit is the same softmax.
+            # `repeat` times (docs/cmi.md §3.2): adding log(repeat) to its logit is the same softmax.
             neg_scores = max_over_interests(interests, self.item_vectors(interaction[SHARED_NEG_FIELD]))
             logits = torch.cat([pos_scores.unsqueeze(1), neg_scores + self.temperature * math.log(repeat)], dim=1)
             logits = logits / self.temperature

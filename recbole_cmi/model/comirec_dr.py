@@ -1,7 +1,7 @@
 """ComiRec-DR (Cen et al., KDD 2020, "Controllable Multi-Interest Framework for Recommendation").
 
 Follows the official TF code, THUDM/ComiRec ``src/model.py`` (``CapsuleNetwork`` with
-``bilinear_type=2``, ``Model_ComiRec_DR``), as summarised in anchors.md §3.3. The routing
+``bilinear_type=2``, ``Model_ComiRec_DR``), as summarised in docs/baselines.md §1.3. The routing
 softmax runs over the *interest* axis, as in the TF code and as the authors confirm
 (THUDM/ComiRec#2); the popular PyTorch ports normalise over the sequence instead.
 Training readout, losses and scoring are shared with ComiRec-SA (:class:`ComiRecBase`).
@@ -23,7 +23,7 @@ def squash(capsules):
 
 
 def dynamic_routing(item_hat, mask, routing_times, stop_gradient=True):
-    """ComiRec-DR dynamic routing (anchors.md §3.3).
+    """ComiRec-DR dynamic routing (docs/baselines.md §1.3).
 
     Args:
         item_hat: ``[B, K, L, d]`` the predictions ``ê_{j|t} = W_{t,j} e_t``.

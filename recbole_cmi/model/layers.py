@@ -1,10 +1,10 @@
 """Pieces shared by the multi-interest and contrastive models.
 
 * :func:`max_over_interests` — the score of an item for a multi-interest user is the best of its
-  interests' scores (cmi.md §3.2, §4; anchors.md §2.1). CMI and ComiRec use it in training and in
+  interests' scores (docs/cmi.md §3.2, §4.1; docs/baselines.md §1.5). CMI and ComiRec use it in training and in
   ``full_sort_predict``, computed over item chunks so that memory stays ``B x K x chunk``.
 * :func:`info_nce` — InfoNCE / NT-Xent between two views: CMI's symmetric cross-view form
-  (cmi.md §2.2) and CL4SRec's NT-Xent with in-view negatives (anchors.md §4.2) are options of
+  (docs/cmi.md §2.2) and CL4SRec's NT-Xent with in-view negatives (docs/baselines.md §2.1) are options of
   one function.
 """
 

@@ -1,4 +1,4 @@
-"""Robustness to noisy histories (cmi.md §6, a guessed design): perturb the test inputs, re-evaluate.
+"""Robustness to noisy histories (docs/cmi.md §6.3, a guessed design): perturb the test inputs, re-evaluate.
 
 For each p, a fraction p of every test history's items is dropped at random (at least one item
 is kept), or separately replaced by random other items. The perturbation is applied once to the
@@ -25,7 +25,7 @@ from recbole_cmi.tools.common import ToolError, load, parse_value, pyplot
 
 MODES = ("drop", "replace")
 
-# label -> (model, config overrides): the ablations of cmi.md §6 by name.
+# label -> (model, config overrides): the ablations of docs/cmi.md §6.2 by name.
 ALIASES = {
     "CMI_noCL": ("CMI", {"cl_weight": 0.0}),
     "CMI_noOrth": ("CMI", {"orth_weight": 0.0}),
