@@ -5,8 +5,9 @@ Internal (default) layers, lowest priority first: RecBole's own files (``overall
 then ours: ``properties/overall.yaml``, ``properties/model/<Model>.yaml``,
 ``properties/dataset/<dataset>.yaml`` and, where a search on that dataset's validation split found
 better values than the model's published defaults, ``properties/tuned/<dataset>/<Model>.yaml``
-(each file says which search). External sources (config files < config dict < command line)
-override all of them, as in RecBole.
+(each file says which search; ``use_tuned_values: False``, given as a config file, dict or command line value,
+leaves that last layer out: the benchmark's equal-budget search starts every model from its published defaults).
+External sources (config files < config dict < command line) override all of them, as in RecBole.
 
 Two conveniences on top of RecBole:
 
@@ -125,16 +126,30 @@ def known_config_keys() -> frozenset[str]:
     return _recbole_config_keys() | plugin
 
 
-def property_layers(model: str, dataset: str) -> list[Path]:
-    """recbole_cmi's yaml files for a run, lowest priority first (those that exist)."""
+def tuned_layer_path(model: str, dataset: str) -> Path:
+    """``properties/tuned/<dataset>/<Model>.yaml``: the values a search on that dataset's validation split found."""
+    return properties_dir() / "tuned" / str(dataset) / f"{model}.yaml"
+
+
+def property_layers(model: str, dataset: str, tuned: bool = True) -> list[Path]:
+    """recbole_cmi's yaml files for a run, lowest priority first (those that exist); ``tuned=False`` drops
+    the tuned layer."""
     root = properties_dir()
     layers = (
         root / "overall.yaml",
         root / "model" / f"{model}.yaml",
         root / "dataset" / f"{dataset}.yaml",
-        root / "tuned" / str(dataset) / f"{model}.yaml",
+        *((tuned_layer_path(model, dataset),) if tuned else ()),
     )
     return [path for path in layers if path.is_file()]
+
+
+def uses_tuned_values(external: dict) -> bool:
+    """``use_tuned_values`` as the user gave it (default True); anything but a boolean is a ConfigValueError."""
+    value = external.get("use_tuned_values", True)
+    if not isinstance(value, bool):
+        raise ConfigValueError(f"invalid config value use_tuned_values={value!r} (True or False)")
+    return value
 
 
 # RecBole's float resolver (``Config._build_yaml_loader``: "1e-3" is a float, not a string), on a
@@ -234,13 +249,13 @@ class Config(recbole.config.Config):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        for path in property_layers(model, dataset):
+        for path in property_layers(model, dataset, uses_tuned_values(self.external_config_dict)):
             self._update_internal_config_dict(str(path))
 
     def property_values(self) -> dict:
         """Our yaml layers for this model and dataset, merged as read now (a search freezes them with this)."""
         values = {}
-        for path in property_layers(self["model"], self["dataset"]):
+        for path in property_layers(self["model"], self["dataset"], uses_tuned_values(self.external_config_dict)):
             values.update(load_yaml_mapping(path, "recbole_cmi yaml file"))
         return values
 
@@ -269,7 +284,8 @@ class Config(recbole.config.Config):
         cfg = self.final_config_dict
         problems = []
         checks = [(key, [option]) for key, option in GENERAL_OPTIONS.items()]
-        checks += documented_options(property_layers(self.model, self.dataset)).items()
+        tuned = uses_tuned_values(self.external_config_dict)
+        checks += documented_options(property_layers(self.model, self.dataset, tuned)).items()
         for key, options in checks:
             if key in cfg:
                 problems += [p for p in (option.problem(key, cfg[key]) for option in options) if p]
