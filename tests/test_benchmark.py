@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 import os
 import statistics
@@ -69,7 +70,7 @@ def test_two_models_two_seeds_write_the_csv_and_the_table_from_it(two_by_two):
     assert (outcome.csv_path, outcome.md_path, outcome.png_path) == (
         folder / "loo.csv", folder / "loo.md", folder / "loo.png",
     )  # fmt: skip
-    assert sorted(os.listdir(folder)) == ["loo.csv", "loo.md", "loo.png"]  # no temporary file left behind
+    assert sorted(os.listdir(folder)) == ["loo-curves.png", "loo.csv", "loo.md", "loo.png"]  # no temporary file
     rows = [r for r in report.read_runs(outcome.csv_path) if r["status"] == "ok"]
     assert [(r["model"], r["seed"]) for r in rows] == [
         ("SASRec", "2022"), ("GRU4Rec", "2022"), ("SASRec", "2023"), ("GRU4Rec", "2023"),
@@ -362,3 +363,36 @@ def test_a_refresh_with_fewer_models_and_seeds_keeps_the_other_runs_and_says_so(
     assert "- **Seeds**: 2022, 2023; cells are" in text  # ComiRecSA never finished: not an uneven model
     assert text.count("| 2/2 |") == 2  # SASRec and GRU4Rec keep both seeds in the table
     assert "outside this command's `--models` × `--seeds`: SASRec seed 2023; GRU4Rec seeds 2022, 2023." in text
+
+
+def test_every_run_records_its_validation_curve_and_whether_it_hit_the_epoch_cap(two_by_two):
+    outcome, given = two_by_two
+    rows = [r for r in report.read_runs(outcome.csv_path) if r["status"] == "ok"]
+    for row in rows:
+        curve = json.loads(row["valid_curve"])
+        assert curve["epoch"] == [1] and set(curve) == {"epoch", "train_s", "ndcg@20"}  # NDCG@20 validates here
+        assert curve["ndcg@20"] == [float(row["best_valid_score"])]
+        assert curve["train_s"][0] == pytest.approx(float(row["train_s_per_epoch"]), abs=0.006)  # rounded to 0.01
+        assert row["stopped_early"] == "False" and report.hit_cap(row)  # 1 epoch of 1: the cap ended every run
+    text = outcome.md_path.read_text()
+    assert "- **Epoch cap reached** by 4 of 4 finished runs (those runs may not have converged: flagged ⚠" in text
+    assert text.count("| **2/2 ⚠** |") == 2  # the at-cap column of SASRec and GRU4Rec
+    assert "![validation curves](loo-curves.png)" in text and "| SASRec | 2022 | 1 | 1 |" in text
+    assert png_size(outcome.curves_path) == (700, 420)
+
+
+def test_the_other_convention_is_the_number_of_a_run_configured_so(two_by_two, tiny_data_root, tmp_path):
+    outcome, _ = two_by_two  # history ranked (the tiny dataset's default); one epoch, so one checkpoint per run
+    ranked = next(r for r in report.read_runs(outcome.csv_path) if (r["model"], r["seed"]) == ("SASRec", "2022"))
+    given = settings(tiny_data_root, tmp_path, models=["SASRec"], seeds=1, overrides={"exclude_history_items": True})
+    (excluded,) = report.read_runs(run_benchmark(given).csv_path)
+    assert (ranked["history_excluded"], excluded["history_excluded"]) == ("False", "True")
+    metrics = [key[len("test_") :] for key in ranked if key.startswith("test_")]
+    assert len(metrics) == 9
+    for key in metrics:  # the same training, scored both ways by each run
+        assert (
+            excluded[f"alt_test_{key}"] == ranked[f"test_{key}"]
+            and excluded[f"test_{key}"] == ranked[f"alt_test_{key}"]
+        )
+    assert any(excluded[f"test_{key}"] != ranked[f"test_{key}"] for key in metrics)
+    assert "## Both ranking conventions" in outcome.md_path.read_text()
