@@ -4,6 +4,7 @@ Subcommands (each a module with ``main(argv) -> int``, imported only when named)
 
 * ``accuracy``: every model x seed under one shared config; a results table per dataset and protocol.
 * ``speed``: training throughput, full-sort evaluation speed and peak memory per model at several data sizes.
+* ``tune``: the same validation search (trials, ASHA, epoch cap) for every model; writes their tuned files.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 SUBCOMMANDS = {
     "accuracy": "recbole_cmi.benchmark.accuracy",
     "speed": "recbole_cmi.benchmark.speed",
+    "tune": "recbole_cmi.benchmark.tune",
 }
 
 
