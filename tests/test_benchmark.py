@@ -396,3 +396,36 @@ def test_the_other_convention_is_the_number_of_a_run_configured_so(two_by_two, t
         )
     assert any(excluded[f"test_{key}"] != ranked[f"test_{key}"] for key in metrics)
     assert "## Both ranking conventions" in outcome.md_path.read_text()
+
+
+def test_an_interrupted_run_continues_from_its_last_checkpoint_with_resume(tiny_data_root, tmp_path, monkeypatch):
+    """Two benchmark runs of 4 epochs (the resumed one and a fresh one to compare): ~30 s on the shared cores."""
+    from recbole_cmi import trainer as trainer_module
+    from recbole_cmi.benchmark import accuracy
+
+    four_epochs = {"epochs": 4, "stopping_step": 10}
+    given = settings(tiny_data_root, tmp_path / "a", models=["SASRec"], seeds=1, resume=True, overrides=four_epochs)
+    spec = accuracy.prepare_run(given, "SASRec", 2022, shared_config(given), Path(given.work_dir))
+    original = trainer_module.Trainer._save_last_checkpoint
+
+    def killed_after_two_epochs(self, epoch):
+        original(self, epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "_save_last_checkpoint", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        accuracy.train_and_test(spec)  # the run's own steps, in this process, stopped after epoch 2
+    monkeypatch.setattr(trainer_module.Trainer, "_save_last_checkpoint", original)
+    assert len(json.loads(Path(spec["progress"]).read_text())["train_seconds"]) == 2
+
+    (resumed,) = report.read_runs(run_benchmark(given).csv_path)  # --resume: epochs 3 and 4 only
+    fresh_settings = settings(tiny_data_root, tmp_path / "b", models=["SASRec"], seeds=1, overrides=four_epochs)
+    (fresh,) = report.read_runs(run_benchmark(fresh_settings).csv_path)
+    assert (resumed["resumed_at_epoch"], fresh["resumed_at_epoch"]) == ("2", "0")
+    assert resumed["epochs_run"] == fresh["epochs_run"] == "4" and resumed["best_epoch"] == fresh["best_epoch"]
+    curves = [json.loads(row["valid_curve"]) for row in (resumed, fresh)]
+    assert curves[0]["epoch"] == [1, 2, 3, 4] and curves[0]["ndcg@20"] == curves[1]["ndcg@20"]
+    metrics = [key for key in fresh if key.startswith(("test_", "alt_test_"))]
+    assert [resumed[key] for key in metrics] == [fresh[key] for key in metrics]  # the same training, exactly
+    assert not (Path(given.work_dir) / "SASRec-seed2022" / "saved").exists()  # cleaned up once it ended

@@ -101,6 +101,7 @@ PROTOCOLS = {
     },
 }
 RUN_LOG = "run.log"
+PROGRESS_FILE = "progress.json"  # a run's epochs so far, rewritten at every validation (for --resume)
 DEFAULT_TUNED = "properties/tuned"  # --tuned without a folder: the package's own (properties_dir() / "tuned")
 CONVENTIONS = ("both", "config")
 
@@ -433,22 +434,9 @@ def run_one(
 
     ``tuned``: ``tuned_source``'s answer for this model; under ``--tuned`` its file is the run's first config file.
     """
-    run_dir = work_dir / f"{model}-seed{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    config_files = [os.path.abspath(p) for p in settings.config_files]
-    if settings.tuned and tuned:
-        config_files.insert(0, str(tuned[0]))  # the user's own config files still win
-    spec = {
-        "model": model,
-        "dataset": settings.dataset,
-        "config_files": config_files,
-        "config_dict": {**shared, "seed": seed, "checkpoint_dir": str(run_dir / "saved")},
-        "result": str(run_dir / "result.json"),
-        "conventions": settings.conventions,
-    }
+    spec = prepare_run(settings, model, seed, shared, work_dir, tuned)
+    run_dir = Path(spec["result"]).parent
     spec_path = run_dir / "spec.json"
-    write_json(spec_path, spec)
     row = {"dataset": settings.dataset, "protocol": settings.protocol, "model": model, "seed": seed}
     row["config_sha"] = sha
     if tuned:
@@ -479,7 +467,54 @@ def run_one(
         row.update(status="failed", error=f"exit status {returncode}: {_last_line(log_path)}")
     row.setdefault("total_s", round(elapsed, 1))
     shutil.rmtree(run_dir / "saved", ignore_errors=True)
+    (run_dir / PROGRESS_FILE).unlink(missing_ok=True)  # ended (finished or failed): nothing to continue
     return row
+
+
+def prepare_run(settings: BenchmarkSettings, model: str, seed: int, shared: dict, work_dir: Path, tuned=None) -> dict:
+    """The run's folder and ``spec.json``; returns the spec.
+
+    With ``--resume``, a folder left by an interrupted run of the same spec (its last checkpoint and
+    ``progress.json``, the epochs' seconds and validations so far) is kept, and the run continues from that
+    checkpoint (``recbole_cmi.trainer``: the same weights, optimizer and random states) instead of starting over.
+    Otherwise the folder starts empty.
+    """
+    run_dir = work_dir / f"{model}-seed{seed}"
+    config_files = [os.path.abspath(p) for p in settings.config_files]
+    if settings.tuned and tuned:
+        config_files.insert(0, str(tuned[0]))  # the user's own config files still win
+    spec = {
+        "model": model,
+        "dataset": settings.dataset,
+        "config_files": config_files,
+        "config_dict": {**shared, "seed": seed, "checkpoint_dir": str(run_dir / "saved")},
+        "result": str(run_dir / "result.json"),
+        "conventions": settings.conventions,
+        "progress": str(run_dir / PROGRESS_FILE),
+    }
+    last = _interrupted_checkpoint(run_dir, spec) if settings.resume else None
+    if last is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+    else:
+        spec["resume_from"] = str(last)
+        Path(spec["result"]).unlink(missing_ok=True)  # a result must come from this attempt
+        print(f"  continuing {model} seed {seed} from {last}", flush=True)
+    write_json(run_dir / "spec.json", spec)
+    return spec
+
+
+def _interrupted_checkpoint(run_dir: Path, spec: dict) -> Path | None:
+    """The ``-last`` checkpoint an interrupted run of ``spec`` left in ``run_dir``; None if there is none to use."""
+    from recbole_cmi.trainer import last_checkpoint_path
+
+    earlier = _read_result(run_dir / "spec.json")
+    same = earlier is not None and all(earlier.get(k) == spec[k] for k in ("model", "config_files", "config_dict"))
+    if not same or not (run_dir / PROGRESS_FILE).is_file():
+        return None
+    best = [p for p in (run_dir / "saved").glob("*.pth") if not p.name.endswith("-last.pth")]
+    lasts = [Path(last_checkpoint_path(p)) for p in best if Path(last_checkpoint_path(p)).is_file()]
+    return lasts[0] if len(lasts) == 1 else None
 
 
 def _display_path(path: Path) -> str:
@@ -647,15 +682,32 @@ def train_and_test(spec: dict) -> dict:
             if key not in ("epoch", "train_s"):
                 value = (outcome[1] or {}).get(key)
                 curve[key].append(None if value is None else float(value))
+        if spec.get("progress"):  # before the epoch's checkpoints: a resumed run drops what they do not hold
+            progress = {"train_seconds": train_seconds, "valid_seconds": valid_seconds, "curve": curve}
+            write_json(Path(spec["progress"]), progress)
 
-    trainer._train_epoch = _timed(trainer._train_epoch, train_seconds)
-    trainer._valid_epoch = _timed(trainer._valid_epoch, valid_seconds, after=record_validation)
     bigger = config["valid_metric_bigger"]
     best = {"score": None, "epoch": None}
 
     def track_best(epoch_idx, score):  # RecBole's early_stopping rule: ties move the best epoch forward
         if best["score"] is None or (score >= best["score"] if bigger else score <= best["score"]):
             best.update(score=score, epoch=epoch_idx + 1)  # 1-based, like epochs_run
+
+    resumed_at = 0
+    if spec.get("resume_from"):  # an interrupted run: its checkpoint and the epochs recorded up to it
+        trainer.resume_checkpoint(spec["resume_from"])
+        resumed_at = trainer.start_epoch  # epochs the checkpoint holds
+        with open(spec["progress"], encoding="utf-8") as f:
+            progress = json.load(f)
+        train_seconds += progress["train_seconds"][:resumed_at]
+        valid_seconds += progress["valid_seconds"][:resumed_at]
+        for key, values in curve.items():
+            values += progress["curve"].get(key, [None] * resumed_at)[:resumed_at]
+        for epoch_idx, score in enumerate(curve[valid_metric if valid_metric in curve else report.CURVE_METRIC]):
+            if score is not None:
+                track_best(epoch_idx, score)
+    trainer._train_epoch = _timed(trainer._train_epoch, train_seconds)
+    trainer._valid_epoch = _timed(trainer._valid_epoch, valid_seconds, after=record_validation)
 
     best_valid_score, _ = trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=track_best)
     eval_start = time.perf_counter()
@@ -681,6 +733,7 @@ def train_and_test(spec: dict) -> dict:
         "stopping_step": config["stopping_step"],
         # RecBole's rule: training stops once more than stopping_step validations in a row did not improve.
         "stopped_early": trainer.cur_step > config["stopping_step"],
+        "resumed_at_epoch": resumed_at,
         "history_excluded": excluded,
         "train_s_per_epoch": round(sum(train_seconds) / len(train_seconds), 2) if train_seconds else None,
         "valid_s_per_epoch": round(sum(valid_seconds) / len(valid_seconds), 2) if valid_seconds else None,

@@ -68,6 +68,7 @@ RUN_COLUMNS = [
     "n_test_users",
     "loadavg",
     "stopped_early",
+    "resumed_at_epoch",
     "history_excluded",
     "alt_eval_s",
     "tuned_file",
