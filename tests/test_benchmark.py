@@ -429,3 +429,29 @@ def test_an_interrupted_run_continues_from_its_last_checkpoint_with_resume(tiny_
     metrics = [key for key in fresh if key.startswith(("test_", "alt_test_"))]
     assert [resumed[key] for key in metrics] == [fresh[key] for key in metrics]  # the same training, exactly
     assert not (Path(given.work_dir) / "SASRec-seed2022" / "saved").exists()  # cleaned up once it ended
+
+
+def test_a_higher_epoch_cap_keeps_the_runs_early_stopping_ended_and_reruns_the_capped(tiny_data_root, tmp_path, capsys):
+    from recbole_cmi.benchmark.accuracy import _previous_rows
+
+    low = settings(tiny_data_root, tmp_path, resume=True, overrides={"epochs": 2})
+    sha = config_sha(low, shared_config(low))
+    common = {"dataset": "tiny", "protocol": "loo", "config_sha": sha, "epochs": "2", "epochs_run": "2"}
+    rows = [
+        {**common, "model": "SASRec", "seed": "2022", "status": "ok", "stopped_early": "True", "test_ndcg@20": "0.2"},
+        {**common, "model": "GRU4Rec", "seed": "2022", "status": "ok", "stopped_early": "False"},  # at the cap
+        {**common, "model": "SASRec", "seed": "2023", "status": "failed"},
+    ]
+    csv_path = tmp_path / "loo.csv"
+    report.write_runs(csv_path, rows)
+    high = dataclasses.replace(low, overrides={**low.overrides, "epochs": 5})
+    kept = _previous_rows(csv_path, high, shared_config(high), {})
+    assert [(r["model"], r["seed"], r["test_ndcg@20"]) for r in kept] == [("SASRec", "2022", "0.2")]
+    assert kept[0]["config_sha"] == config_sha(high, shared_config(high)) != sha
+    assert "run again: GRU4Rec seed 2022, SASRec seed 2023" in capsys.readouterr().out
+    lower = dataclasses.replace(low, overrides={**low.overrides, "epochs": 1})  # a lower cap is another config
+    with pytest.raises(ConfigValueError, match="another shared config"):
+        _previous_rows(csv_path, lower, shared_config(lower), {})
+    other = dataclasses.replace(high, overrides={**high.overrides, "train_batch_size": 32})  # and so is any other key
+    with pytest.raises(ConfigValueError, match="another shared config"):
+        _previous_rows(csv_path, other, shared_config(other), {})

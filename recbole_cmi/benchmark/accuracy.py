@@ -45,7 +45,10 @@
   of two test metrics; skipped where matplotlib is missing) and ``<protocol>-curves.png`` are rewritten
   atomically, so a killed
   benchmark keeps what finished. ``--resume`` skips the runs that finished in that csv (failed ones
-  run again); the csv must come from the same shared config (its ``config_sha``).
+  run again); the csv must come from the same shared config (its ``config_sha``), except for a higher
+  ``--epochs``: then the runs that early stopping ended are kept and those that reached the old cap run
+  again. With the same ``--work_dir``, a run that was interrupted continues from its last checkpoint
+  (``progress.json`` and the ``-last`` checkpoint in its folder) rather than from epoch 0.
 * **Measured in the run's process**: the seconds of every training epoch and validation, of the
   test-set evaluation, the peak resident set size (``ru_maxrss``) and, on a GPU,
   ``torch.cuda.max_memory_allocated``.
@@ -149,7 +152,11 @@ def build_parser() -> OneLineArgumentParser:
     parser.add_argument("--protocol", default="loo", help="loo (RecBole leave-one-out) or multi_target (the paper's)")
     parser.add_argument("--config_files", nargs="*", default=None, help="yaml files shared by every run")
     parser.add_argument("--out", default="results", help="writes <out>/<dataset>/<protocol>.md, .csv and .png")
-    parser.add_argument("--resume", action="store_true", help="skip the runs that finished in the existing csv")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the runs that finished in the existing csv; with the same --work_dir, continue interrupted runs",
+    )
     parser.add_argument("--run_timeout", type=float, default=None, help="seconds after which a run is stopped")
     parser.add_argument("--work_dir", default=None, help="folder for the runs' logs (default: a new temp folder)")
     parser.add_argument("--note", default="", help="a line shown at the top of the table")
@@ -255,7 +262,7 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkOutcome:
         old = Path(settings.out) / f"{settings.dataset}-{settings.protocol}.csv"
         hint = f" ({old} is of the earlier layout: move it there to resume it)" if old.is_file() else ""
         print(f"--resume: no {csv_path} yet, every run starts{hint}")
-    rows = _previous_rows(csv_path, sha, tuned if settings.tuned else {}) if settings.resume else []
+    rows = _previous_rows(csv_path, settings, shared, tuned if settings.tuned else {}) if settings.resume else []
     done = {(row["model"], str(row["seed"])) for row in rows if row.get("status") == "ok"}
     seeds = [FIRST_SEED + i for i in range(settings.seeds)]
     plan = [(seed, model) for seed in seeds for model in models if (model, str(seed)) not in done]
@@ -367,9 +374,26 @@ def config_sha(settings: BenchmarkSettings, shared: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _previous_rows(csv_path: Path, sha: str, tuned: dict) -> list[dict]:
-    """The csv's rows, if they ran the same shared config (and, under --tuned, the same tuned files as now)."""
-    rows = report.read_runs(csv_path)
+def _previous_rows(csv_path: Path, settings: BenchmarkSettings, shared: dict, tuned: dict) -> list[dict]:
+    """The csv's rows, if they ran the same shared config (and, under --tuned, the same tuned files as now).
+
+    One difference is accepted: a higher ``--epochs`` than the rows had (the table flagged runs at the epoch cap and
+    the cap went up). A run that early stopping ended is the same run under any higher cap, so it is kept (under
+    this config's sha); a run that reached the old cap is dropped, so it runs again.
+    """
+    sha = config_sha(settings, shared)
+    rows, raised = [], []
+    for row in report.read_runs(csv_path):
+        if row.get("config_sha") != sha and _lower_cap_of(row, settings, shared):
+            if row.get("status") == "ok" and not report.hit_cap(row):
+                row = {**row, "config_sha": sha}
+            else:
+                raised.append(f"{row['model']} seed {row['seed']}")
+                continue
+        rows.append(row)
+    if raised:
+        print(f"--resume: the epoch cap is now {shared['epochs']}; these runs reached the old cap (or failed) and run "
+              f"again: {', '.join(raised)}", flush=True)  # fmt: skip
     other = sorted({row.get("config_sha", "") for row in rows} - {sha})
     if other:
         raise ConfigValueError(
@@ -389,6 +413,14 @@ def _previous_rows(csv_path: Path, sha: str, tuned: dict) -> list[dict]:
             "their numbers are of other values; run without --resume to start afresh"
         )
     return rows
+
+
+def _lower_cap_of(row: dict, settings: BenchmarkSettings, shared: dict) -> bool:
+    """Whether ``row`` ran this very shared config but for a lower ``epochs`` (given as ``--epochs``)."""
+    cap = report._number(row.get("epochs"))
+    if not isinstance(shared.get("epochs"), int) or cap is None or not cap.is_integer() or cap >= shared["epochs"]:
+        return False
+    return row.get("config_sha") == config_sha(settings, {**shared, "epochs": int(cap)})
 
 
 def tuned_dir(value: str) -> Path:
