@@ -183,7 +183,7 @@ def run_tuning(settings: TuneSettings) -> list[ModelTuning]:
     shared = search_config(settings)
     search_dir = Path(settings.search_dir or Path("ray_results") / f"tune-{settings.dataset}-{settings.protocol}")
     spec = search_spec(settings, shared)
-    _claim_search_dir(search_dir, spec, models, settings.resume)
+    _claim_search_dir(search_dir, spec, settings.resume)
     summary_path = Path(settings.out) / settings.dataset / f"tune-{settings.protocol}.md"
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     results = []
@@ -244,14 +244,6 @@ def _hyper_dir(value: str | None) -> Path:
     return properties_dir() / "hyper" / "benchmark"
 
 
-def _tuned_dir(value: str | None) -> Path:
-    if value:
-        return Path(value).resolve()
-    from recbole_cmi.paths import properties_dir
-
-    return properties_dir() / "tuned"
-
-
 def search_config(settings: TuneSettings) -> dict:
     """The config dict every trial of every model gets: the accuracy benchmark's shared config, the epoch cap, the
     training seed, and the published defaults (no tuned layer)."""
@@ -278,7 +270,7 @@ def search_spec(settings: TuneSettings, shared: dict) -> dict:
     }
 
 
-def _claim_search_dir(search_dir: Path, spec: dict, models: list[str], resume: bool) -> None:
+def _claim_search_dir(search_dir: Path, spec: dict, resume: bool) -> None:
     """Refuse to mix searches: a new one needs fresh folders, a resumed one the stored spec."""
     spec_path = search_dir / SPEC_FILE
     if resume and spec_path.is_file():
@@ -291,9 +283,9 @@ def _claim_search_dir(search_dir: Path, spec: dict, models: list[str], resume: b
                 "or another --search_dir to start afresh"
             )
         return
-    if not resume:
-        taken = [m for m in models if (search_dir / m).is_dir() and any((search_dir / m).iterdir())]
-        if spec_path.is_file() and taken:
+    if not resume and spec_path.is_file():  # any earlier search there, of these models or others
+        taken = sorted(p.name for p in search_dir.iterdir() if p.is_dir() and any(p.iterdir()))
+        if taken:
             raise ConfigValueError(
                 f"{search_dir} already holds the searches of {', '.join(taken)}: pass --resume to keep them, or "
                 "another --search_dir"
@@ -354,7 +346,8 @@ def tune_model(settings: TuneSettings, model: str, space: tuple, shared: dict, o
         result.error = result.error or f"no best trial in {output}"
         return result
     result.best = _read_json(output / SUMMARY_FILE, None)
-    result.tuned_file = _tuned_dir(settings.tuned_dir) / settings.dataset / f"{model}.yaml"
+    folder = accuracy.tuned_dir(settings.tuned_dir or accuracy.DEFAULT_TUNED)  # where accuracy --tuned looks
+    result.tuned_file = folder / settings.dataset / f"{model}.yaml"
     result.tuned_file.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(result.tuned_file, tuned_yaml(settings, result, output))
     return result
