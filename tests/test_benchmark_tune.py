@@ -142,6 +142,12 @@ def test_a_search_writes_the_tuned_file_that_accuracy_tuned_runs_with(tiny_data_
         "learning_rate": float(best["learning_rate"]),
         "hidden_dropout_prob": float(best["hidden_dropout_prob"]),
     }
+    # Every key documents its type, as in every yaml layer: the config checks the value against it.
+    from recbole_cmi.options import documented_options
+
+    options = documented_options([result.tuned_file])
+    assert set(options) == set(values) and all(option.accepts(values[k]) for k, (option,) in options.items())
+    assert "learning_rate: " in text and "# (float) searched over choice [0.001, 0.01]" in text
     header = " ".join(line[2:].strip() for line in text.splitlines() if line.startswith("#"))
     for part in (
         "SASRec on tiny: the best trial of the equal-budget validation search",

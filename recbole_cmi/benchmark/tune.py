@@ -421,7 +421,25 @@ def tuned_yaml(settings: TuneSettings, result: ModelTuning, output: Path) -> str
         f"{_epochs_to_best(best)} epochs (the test set was not used for the choice).",
         f"Written {accuracy._now()}; trials: {accuracy._display_path(output / 'trials.md')}.",
     ]
-    return _wrap_comment(header) + yaml.safe_dump(plain(best["params"]), sort_keys=False, default_flow_style=False)
+    return _wrap_comment(header) + _documented_values(plain(best["params"]), result.hyper_file)
+
+
+# The ``# (type)`` a value's line opens its comment with: the config checks it (``recbole_cmi.options``).
+_YAML_TYPES = ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (dict, "dict"))
+
+
+def _documented_values(values: dict, hyper_file: Path) -> str:
+    """One ``key: value  # (type) searched over ...`` line per value, as every yaml layer documents its keys."""
+    from recbole_cmi.tune.space import parse_hyper_file
+
+    searched = {param.name: param.describe() for param in parse_hyper_file(hyper_file)}
+    lines = []
+    for key, value in values.items():
+        text = yaml.safe_dump({key: value}, default_flow_style=True, width=10_000).strip()[1:-1]  # "{k: v}" -> "k: v"
+        kind = next((name for cls, name in _YAML_TYPES if isinstance(value, cls)), None)
+        comment = f"searched over {searched.get(key, 'a space of its own')}"
+        lines.append(f"{text:<31} # ({kind}) {comment}" if kind else f"{text:<31} # {comment}")
+    return "\n".join(lines) + "\n"
 
 
 def _epochs_to_best(best: dict | None):
