@@ -26,6 +26,7 @@ from recbole_cmi.retrieval import (
     SUPPORTED_MODELS,
     ItemIndex,
     RetrievalSettings,
+    Retrieved,
     check_model_supported,
     import_faiss,
     interest_vectors,
@@ -33,6 +34,7 @@ from recbole_cmi.retrieval import (
     retrieve,
 )
 from recbole_cmi.tools.recommend import recommend
+from recbole_cmi.trainer import compact_scores
 from recbole_cmi.utils import get_model, get_trainer
 
 pytest.importorskip("faiss")
@@ -79,12 +81,17 @@ def _trainer(checkpoint, **settings):
 
 
 def _ranked(trainer, test_data, k=TOPK):
-    """Per test user, the top-k item indices and their scores of the trainer's full-sort pass (-inf: none)."""
+    """Per test user, the top-k item indices and their scores (-inf: none): of the full-sort pass that
+    RecBole's collector reads (exact), or of the retrieval that feeds it (faiss)."""
     items, scores = [], []
     with torch.no_grad():
         for batch in test_data:
-            _, batch_scores, _, _ = trainer._full_sort_batch_eval(batch)
-            values, top = batch_scores.topk(k, dim=1)
+            if trainer.retrieval.mode == "faiss":
+                found = trainer.retrieve_batch(batch[0])
+                values, top = found.scores, found.items
+            else:
+                _, batch_scores, _, _ = trainer._full_sort_batch_eval(batch)
+                values, top = batch_scores.topk(k, dim=1)
             items.append(top.masked_fill(torch.isinf(values), 0))
             scores.append(values)
     return torch.cat(items), torch.cat(scores)
@@ -120,6 +127,22 @@ def test_retrieve_returns_fewer_items_when_the_catalogue_runs_out():
     assert (found.items[~finite] == 0).all()
 
 
+def test_compact_scores_count_unretrieved_positives_and_never_rank_them():
+    inf = torch.inf
+    found = Retrieved(
+        items=torch.tensor([[5, 3, 0], [2, 7, 9]]),
+        scores=torch.tensor([[0.9, 0.5, -inf], [0.8, 0.7, 0.1]]),
+        interests=torch.zeros(2, 3, dtype=torch.long),
+    )
+    scores, rows, columns = compact_scores(found, torch.tensor([0, 0, 1, 0]), torch.tensor([8, 3, 4, 3]))
+    assert rows.tolist() == [0, 0, 1] and columns.tolist() == [1, 4, 3]  # 3 retrieved at slot 1; 8 and 4 missed
+    assert scores.shape == (2, 5) and torch.isinf(scores[:, 3:]).all() and torch.isfinite(scores[:, :3]).all()
+    hits = torch.zeros_like(scores, dtype=torch.int)
+    hits[rows, columns] = 1  # what RecBole's collector does
+    assert hits.sum(dim=1).tolist() == [2, 1]
+    assert hits.gather(1, scores.topk(3, dim=1).indices).tolist() == [[0, 1, 0], [0, 0, 0]]
+
+
 @pytest.mark.parametrize("model_name", SUPPORTED_MODELS)
 def test_interest_vectors_and_item_table_are_each_models_full_sort_predict(model_name, tiny_data_root, tmp_path):
     config = Config(model_name, "tiny", config_dict=tiny_settings(tiny_data_root, tmp_path), read_argv=False)
@@ -148,7 +171,10 @@ def test_an_exhaustive_index_ranks_every_test_user_exactly(checkpoints, model_na
 
 
 def test_history_items_are_excluded_exactly_as_in_the_exact_ranking(checkpoints):
-    faiss_trainer, test_data = _trainer(checkpoints["CMI"], retrieval="faiss", faiss_index="flat")
+    # ItemCoverage reads item ids: the trainer hands the collector the full [users, items] matrix
+    faiss_trainer, test_data = _trainer(
+        checkpoints["CMI"], retrieval="faiss", faiss_index="flat", metrics=["Recall", "ItemCoverage"]
+    )
     with torch.no_grad():
         for batch in test_data:
             interaction, scores, _, _ = faiss_trainer._full_sort_batch_eval(batch)
@@ -161,12 +187,27 @@ def test_history_items_are_excluded_exactly_as_in_the_exact_ranking(checkpoints)
 
 
 def test_evaluate_gives_the_same_metrics_through_recboles_evaluator(checkpoints):
+    metrics = ["Recall", "NDCG", "Hit", "MRR", "Precision", "MAP"]
     results = []
     for settings in ({}, {"retrieval": "faiss", "faiss_index": "flat"}):
-        trainer, test_data = _trainer(checkpoints["CMI"], **settings)
+        trainer, test_data = _trainer(checkpoints["CMI"], metrics=metrics, **settings)
         results.append(trainer.evaluate(test_data, load_best_model=False))
     assert results[0] == results[1]
-    assert set(results[0]) >= {"recall@20", "ndcg@20"}
+    assert {"recall@20", "ndcg@20"} <= set(results[0]) and len(results[0]) == 2 * len(metrics)
+
+
+def test_metrics_that_read_item_ids_get_the_full_score_matrix(checkpoints):
+    structs = []
+    for settings in ({}, {"retrieval": "faiss", "faiss_index": "flat"}):
+        trainer, test_data = _trainer(checkpoints["CMI"], metrics=["Recall", "ItemCoverage"], **settings)
+        with torch.no_grad():
+            for batch in test_data:
+                interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
+                assert scores.shape == (len(interaction), trainer.tot_item_num)
+                trainer.eval_collector.eval_batch_collect(scores, interaction, positive_u, positive_i)
+        structs.append(trainer.eval_collector.get_data_struct())
+    for key in ("rec.items", "rec.topk"):
+        assert torch.equal(structs[0].get(key), structs[1].get(key)), key
 
 
 @pytest.mark.parametrize("index", ["ivf", "hnsw"])
