@@ -57,10 +57,10 @@ class RetrievalSettings:
     """``retrieval`` and the faiss index keys of a config; defaults as in ``properties/overall.yaml``."""
 
     mode: str = "exact"
-    index: str = "hnsw"
+    index: str = "ivf"
     nlist: int = 0
     nprobe: int = 32
-    hnsw_m: int = 32
+    hnsw_m: int = 16
     ef_search: int = 128
 
     @classmethod

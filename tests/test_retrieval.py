@@ -334,3 +334,34 @@ def test_a_model_that_does_not_score_by_inner_products_is_refused():
 
     with pytest.raises(ConfigValueError, match="not BERT4Rec; use retrieval: exact"):
         check_model_supported(BERT4Rec())
+
+
+def test_the_settings_defaults_are_the_yaml_defaults():
+    import yaml
+
+    from recbole_cmi.paths import properties_dir
+
+    overall = yaml.safe_load((properties_dir() / "overall.yaml").read_text(encoding="utf-8"))
+    assert RetrievalSettings.from_config(overall) == RetrievalSettings()
+
+
+def test_the_retrieval_benchmark_runs_on_a_small_catalogue(tmp_path):
+    from recbole_cmi.benchmark import speed
+
+    out = tmp_path / "retrieval.md"
+    argv = ["--retrieval", "--catalogues", "2k", "--retrieval-interactions", "4k", "--retrieval-users", "40"]
+    argv += ["--retrieval-train-steps", "2", "--ivf-nprobe", "1,64", "--hnsw-ef", "50", "--d", "8", "--out", str(out)]
+    status, _, err = call(speed.main, argv)
+    assert status == 0, err
+    rows = [line.split(" | ") for line in out.read_text(encoding="utf-8").splitlines() if line.startswith("| 2k")]
+    assert [(r[1], r[2].split(" (")[0]) for r in rows] == [
+        ("CMI", "exact"),
+        ("CMI", "faiss ivf"),
+        ("CMI", "faiss ivf"),
+        ("CMI", "faiss hnsw"),
+        ("SASRec", "exact"),
+        ("SASRec", "faiss ivf"),
+    ]
+    exhaustive = rows[2]  # nprobe 64 >= the sqrt(2000) = 45 lists: every list searched, the exact top-50
+    assert exhaustive[-1].strip(" |") == "1.0000" and rows[0][-1].strip(" |") == "1.0000"
+    assert all(float(r[4]) > 0 for r in rows)  # ms per user
