@@ -25,7 +25,8 @@ And two checks (``_validate_values``, ``_unknown_key_warnings``):
   ``train_batch_size``/``eval_batch_size`` (int >= 1), ``learning_rate`` (> 0),
   ``weight_decay`` (>= 0), ``stopping_step`` (int >= 0), ``MAX_ITEM_LIST_LENGTH`` (int >= 2 for
   sequential models), ``topk``, ``metrics``, ``valid_metric`` (a metric in ``metrics`` at a
-  cut-off in ``topk``) and ``train_neg_sample_args`` (None for loss_type CE, a sampling dict for BPR);
+  cut-off in ``topk``), ``train_neg_sample_args`` (None for loss_type CE, a sampling dict for BPR) and the
+  retrieval keys (``retrieval``, ``faiss_*``; :mod:`recbole_cmi.retrieval`);
 * a key given by the user (file, dict or command line) that no RecBole or recbole_cmi yaml file
   or code reads gets a one-line warning on stderr with the closest known key (RecBole accepts
   arbitrary keys, so this never fails); ``quick_start.prepare`` also writes it to the log file.
@@ -54,6 +55,7 @@ from recbole_cmi.paths import (
     plain_name_problem,
     properties_dir,
 )
+from recbole_cmi.retrieval import retrieval_config_problems
 from recbole_cmi.utils import get_model
 
 BPR_DEFAULT_NEG_SAMPLING = {
@@ -303,6 +305,7 @@ class Config(recbole.config.Config):
         if topk_ok and metrics_ok:
             self._check_valid_metric(cfg, problems)
         self._check_train_neg_sample_args(cfg, problems)
+        problems += retrieval_config_problems(cfg)
         if problems:
             raise ConfigValueError("invalid config value " + "; ".join(problems))
 

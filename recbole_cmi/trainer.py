@@ -30,6 +30,10 @@
   each user's input history (``item_id_list``) the score -inf, as the CMI authors' retrieval drops them
   (docs/cmi.md §4.2); every sequential model is evaluated so. General models already have RecBole's own
   history mask.
+* ``retrieval: faiss`` (:class:`RetrievalMixin`, :mod:`recbole_cmi.retrieval`): full-sort evaluation retrieves
+  each user's top ``max(topk)`` items per interest from a faiss index of the item vectors, built once per
+  evaluation, merged by the best interest's score, history items excluded as in the exact ranking; RecBole's
+  collector and evaluator compute the metrics from a score matrix that holds the retrieved items.
 * Under ``eval_protocol: multi_target`` validation and test use that protocol's evaluator
   (:mod:`recbole_cmi.data.protocol`), so early stopping follows its validation metric.
 """
@@ -52,7 +56,14 @@ from recbole_cmi.distributed import DeviceAwareDDP, barrier, same_on_all_ranks
 from recbole_cmi.errors import CheckpointError, ConfigValueError, NonFiniteLossError
 from recbole_cmi.optim import LazyAdam, has_sparse_gradients
 
-__all__ = ["CheckpointMixin", "HistoryExclusionMixin", "NonFiniteLossError", "Trainer", "last_checkpoint_path"]
+__all__ = [
+    "CheckpointMixin",
+    "HistoryExclusionMixin",
+    "NonFiniteLossError",
+    "RetrievalMixin",
+    "Trainer",
+    "last_checkpoint_path",
+]
 
 
 def last_checkpoint_path(saved_model_file) -> str:
@@ -266,8 +277,105 @@ class HistoryExclusionMixin:
         return interaction, scores, positive_u, positive_i
 
 
+class RetrievalMixin:
+    """``retrieval: faiss``: full-sort scores from a faiss search per interest instead of ``full_sort_predict``.
+
+    The index is built at the first batch of every evaluation (the model may have changed since the last one)
+    and kept in ``item_index`` for the rest of it. The items excluded from the ranking (padding, and the input
+    history with ``exclude_history_items``) are excluded from the search, which asks each interest for
+    ``max(topk)`` + their number (:func:`recbole_cmi.retrieval.retrieve`), so the exact path's history mask is
+    not needed. RecBole's collector and evaluator then compute the metrics from a score matrix:
+
+    * top-k metrics only (Recall, NDCG, Hit, MRR, Precision, MAP): a compact one, ``[users, max(topk) +
+      positives]``: the retrieved items' exact scores (a slot left empty: the lowest finite float), then one
+      -inf column per positive item that was not retrieved, and the positives mapped to their columns. The
+      collector's top-k and hits are those of the full ranking, at a cost that does not grow with the catalogue.
+    * metrics that read item ids (``rec.items``: ItemCoverage, AveragePopularity, ...): the full
+      ``[users, items]`` matrix, retrieved items scored, every other item -inf.
+    """
+
+    item_index = None
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        from recbole_cmi.retrieval import RetrievalSettings, check_model_supported, import_faiss
+
+        self.retrieval = RetrievalSettings.from_config(config)
+        if self.retrieval.mode != "faiss":
+            return
+        import_faiss()
+        check_model_supported(model)
+        if config["eval_protocol"] == "multi_target":
+            raise ConfigValueError("retrieval: faiss applies to eval_protocol loo; multi_target ranks exactly")
+        unranked = [need for need in ("rec.score", "rec.meanrank") if self.eval_collector.register.need(need)]
+        if unranked:
+            raise ConfigValueError(
+                f"retrieval: faiss ranks only each user's top max(topk) items; metrics {config['metrics']} need "
+                f"every item's score or rank ({', '.join(unranked)}): use top-k metrics or retrieval: exact"
+            )
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        self.item_index = None  # rebuilt from the weights this evaluation uses
+        return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def retrieve_batch(self, interaction):
+        """:class:`recbole_cmi.retrieval.Retrieved` top ``max(topk)`` items of a batch of users."""
+        from recbole_cmi.retrieval import build_item_index, interest_vectors, item_table, retrieve
+
+        model = self.model.module if hasattr(self.model, "module") else self.model  # DDP wraps the model
+        if self.item_index is None:
+            self.item_index = build_item_index(model, self.retrieval, self.device)
+            self.logger.info(
+                f"retrieval: {self.retrieval.describe()} index over {self.item_index.ntotal} items built in "
+                f"{self.item_index.build_seconds:.1f} s"
+            )
+        history_field = self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"]
+        excluded = interaction[history_field] if self.config["exclude_history_items"] else None
+        interests = interest_vectors(model, interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN])
+        topk = self.config["topk"]
+        return retrieve(
+            self.item_index, interests, item_table(model), max(topk) if isinstance(topk, list) else topk, excluded
+        )
+
+    def _full_sort_batch_eval(self, batched_data):
+        if self.retrieval.mode != "faiss":
+            return super()._full_sort_batch_eval(batched_data)
+        interaction, history_index, positive_u, positive_i = batched_data
+        if history_index is not None:
+            raise ConfigValueError("retrieval: faiss is for sequential models (their full sort has no history index)")
+        interaction = interaction.to(self.device)
+        found = self.retrieve_batch(interaction)
+        if self.eval_collector.register.need("rec.items"):
+            scores = torch.full((len(interaction), self.tot_item_num), -torch.inf, device=self.device)
+            scores.scatter_(1, found.items, found.scores)  # empty slots point at item 0 with -inf
+            return interaction, scores, positive_u, positive_i
+        scores, rows, columns = compact_scores(found, positive_u.to(self.device), positive_i.to(self.device))
+        return interaction, scores, rows, columns
+
+
+def compact_scores(found, positive_u: torch.Tensor, positive_i: torch.Tensor):
+    """Score matrix ``[B, k + P]`` and the positives' columns in it (see :class:`RetrievalMixin`).
+
+    Column ``c < k`` of row ``b`` is the ``c``-th retrieved item; ``P`` is the most positives of one row, and a
+    row's positives that were not retrieved take its columns ``k, k + 1, ...`` (score -inf), so that the
+    collector counts them in the row's number of positives and never among its top k.
+    """
+    batch, k = found.items.shape
+    slots = found.scores.masked_fill(torch.isinf(found.scores), torch.finfo(found.scores.dtype).min)
+    pairs = torch.unique(torch.stack([positive_u, positive_i], dim=1), dim=0)  # sorted by row; duplicates once
+    rows, items = pairs[:, 0], pairs[:, 1]
+    match = found.items[rows] == items.unsqueeze(1)
+    counts = torch.bincount(rows, minlength=batch)
+    ordinal = torch.arange(len(rows), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    columns = torch.where(match.any(dim=1), match.int().argmax(dim=1), k + ordinal)
+    extra = int(counts.max()) if len(rows) else 0
+    scores = torch.cat([slots, slots.new_full((batch, extra), -torch.inf)], dim=1)
+    return scores, rows, columns
+
+
 #: What every trainer of a recbole_cmi run has on top of RecBole's (ours and core models' own trainers).
-PLUGIN_TRAINER_MIXINS = (CheckpointMixin, HistoryExclusionMixin)
+PLUGIN_TRAINER_MIXINS = (CheckpointMixin, RetrievalMixin, HistoryExclusionMixin)
 
 
 def _config_value(config, key):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from recbole_cmi.errors import RecboleCmiError
+from recbole_cmi.retrieval import item_table
 
 
 class ToolError(RecboleCmiError, ValueError):
@@ -142,15 +143,6 @@ def _natural_key(text: str):
 
 
 # --------------------------------------------------------------------------- scoring
-def item_table(model) -> torch.Tensor:
-    """The item vectors a model scores with: CMI's unit vectors, else the item embedding table."""
-    if hasattr(model, "item_vectors"):
-        return model.item_vectors()
-    if hasattr(model, "item_embedding"):
-        return model.item_embedding.weight[: model.n_items]
-    raise ToolError(f"{type(model).__name__} has no item embedding table")
-
-
 @torch.no_grad()
 def score_users(model, item_seq, item_seq_len, user_ids=None):
     """``(scores [B, n_items], per-interest scores [B, K, n_items] or None)`` for sequential models.
