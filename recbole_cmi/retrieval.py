@@ -1,8 +1,8 @@
 """Top-K retrieval per interest from a faiss index, merged by the best interest's score.
 
 A multi-interest model scores item ``j`` for a user with interests ``u_1..u_m`` by
-``max_l <u_l, v_j>`` (CMI, cmi.md §4: cosine of unit vectors, so the inner product; ComiRec: raw inner
-product, anchors.md §2.1); a single-vector model (SASRec, GRU4Rec, CL4SRec) is the case ``m = 1``. Both
+``max_l <u_l, v_j>`` (CMI, docs/cmi.md §4.1: cosine of unit vectors, so the inner product; ComiRec: raw inner
+product, docs/baselines.md §1.5); a single-vector model (SASRec, GRU4Rec, CL4SRec) is the case ``m = 1``. Both
 papers' code serve this by searching the top-N of every interest in a faiss index and merging; this module
 does the same for full-sort evaluation (``retrieval: faiss``, :class:`recbole_cmi.trainer.RetrievalMixin`),
 for ``recommend --retrieval faiss`` and for the export (:mod:`recbole_cmi.export`).
@@ -157,7 +157,7 @@ def is_multi_interest(model) -> bool:
 def item_table(model) -> torch.Tensor:
     """The item vectors a model scores with, one row per item index (row 0 is padding).
 
-    CMI: its unit vectors (cmi.md §1.2); CL4SRec: the table without its mask-token row; the others: the item
+    CMI: its unit vectors (docs/cmi.md §1.1); CL4SRec: the table without its mask-token row; the others: the item
     embedding table.
     """
     if hasattr(model, "item_vectors"):
