@@ -88,6 +88,7 @@ class CMI(SequentialRecommender):
         self.rec_loss_input = options.choice(config, "rec_loss_input", REC_LOSS_INPUTS)
         self.score_chunk_size = options.integer(config, "score_chunk_size", minimum=0, default=0)
         self.sparse_item_updates = options.flag(config, "sparse_item_updates", default=False)
+        self.cl_mask_same_user = options.flag(config, "cl_mask_same_user", default=True)
         _require(
             not (self.sparse_item_updates and self.loss_type == "CE"),
             "sparse_item_updates: True needs loss_type SAMPLED or BPR: CE scores every item, so its gradient is dense",
@@ -225,8 +226,14 @@ class CMI(SequentialRecommender):
         zero = rec.new_zeros(())
         if self.use_views:
             first, second = interests[-2 * batch_size :].chunk(2)
+            exclude = self._same_user_pairs(interaction) if self.cl_mask_same_user else None
             cl = self.cl_weight * info_nce(
-                first.flatten(0, 1), second.flatten(0, 1), self.cl_temperature, "cos", in_view_negatives=False
+                first.flatten(0, 1),
+                second.flatten(0, 1),
+                self.cl_temperature,
+                "cos",
+                in_view_negatives=False,
+                exclude=exclude,
             )
         else:
             cl = zero
@@ -237,6 +244,23 @@ class CMI(SequentialRecommender):
             else zero
         )
         return rec, cl, orth, uni
+
+    def _same_user_pairs(self, interaction) -> torch.Tensor | None:
+        """``[B·m, B·m]``: True where two (history, interest) rows come from different histories of one user.
+
+        RecBole trains on every prefix of a history, so a batch holds several prefixes of a user; their
+        interests are false negatives for each other in the InfoNCE (docs/cmi.md §2.2). The m interests of
+        one history stay negatives of each other, as the authors contrast them.
+        """
+        if self.USER_ID not in interaction:
+            return None
+        users = interaction[self.USER_ID]
+        rows = torch.arange(users.shape[0], device=users.device)
+        same_user = (users[:, None] == users[None, :]) & (rows[:, None] != rows[None, :])
+        if not same_user.any():
+            return None
+        m = self.num_interest
+        return same_user.repeat_interleave(m, dim=0).repeat_interleave(m, dim=1)
 
     # ----------------------------------------------------------------- inference
     def predict(self, interaction):
