@@ -9,7 +9,7 @@ import yaml
 from conftest import REPO_ROOT
 
 from recbole_cmi.config import SafeConfigLoader
-from recbole_cmi.data.augmentation import AUGMENTATIONS
+from recbole_cmi.data.augmentation import AUGMENTATIONS, SHORT_VIEWS
 from recbole_cmi.data.protocol import PROTOCOLS, SPLITS
 from recbole_cmi.data.sampler import NEG_SAMPLERS
 from recbole_cmi.model.cl4srec import HIDDEN_ACTS, CL4SRec
@@ -47,6 +47,7 @@ def test_every_numeric_default_states_its_range(path):
         ("model/CMI.yaml", "category_init", CATEGORY_INITS),
         ("model/CMI.yaml", "neg_sampler", NEG_SAMPLERS),
         ("model/CMI.yaml", "cl_augmentation", AUGMENTATIONS),
+        ("model/CMI.yaml", "cl_short_views", SHORT_VIEWS),
         ("model/CL4SRec.yaml", "cl_augmentation", AUGMENTATIONS),
         ("model/CL4SRec.yaml", "hidden_act", HIDDEN_ACTS),
         ("model/CL4SRec.yaml", "cl_similarity", CL4SRec.SIMILARITIES),

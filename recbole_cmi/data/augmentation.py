@@ -13,6 +13,9 @@ Operations, vectorised over the batch (sequences are left-aligned, 0 = padding):
   ``cl_split_min_length`` items (6 in the authors' code) are not split: both views are the
   whole history. Both views keep time order by default; ``cl_shuffle_first_view: True``
   reproduces the authors' code, where view 1 comes out in random order (docs/cmi.md §2.3).
+  ``cl_short_views`` (ours): ``whole`` keeps that rule, so a short history's two views are the same
+  sequence and the InfoNCE has nothing to contrast; ``crop``, ``mask`` or ``reorder`` give such a
+  history two independent views of that operation instead (longer histories are still split).
 * ``crop`` (CL4SRec, docs/baselines.md §2.1): a random contiguous sub-sequence of max(1, ⌊η·n⌋) items.
 * ``mask``: ⌊γ·n⌋ random positions replaced by a dedicated mask id (``dataset.item_num``,
   one past the catalogue; models that use it size their embedding table ``n_items + 1``).
@@ -29,6 +32,7 @@ from recbole.data.interaction import Interaction
 from recbole_cmi import options
 
 AUGMENTATIONS = ("random_split", "crop", "mask", "reorder", "random")
+SHORT_VIEWS = ("whole", "crop", "mask", "reorder")
 VIEW_PREFIXES = ("view1_", "view2_")
 
 
@@ -120,6 +124,7 @@ class ContrastiveViews:
         # 0 would split a 1-item history into an empty view and a full one.
         self.min_split_length = options.integer(config, "cl_split_min_length", minimum=1, default=6)
         self.shuffle_first_view = options.flag(config, "cl_shuffle_first_view", default=False)
+        self.short_views = options.choice(config, "cl_short_views", SHORT_VIEWS, default="whole")
         self.eta = options.real(config, "crop_eta", 0.0, 1.0, default=0.6)
         self.gamma = options.real(config, "mask_gamma", 0.0, 1.0, default=0.3)
         self.beta = options.real(config, "reorder_beta", 0.0, 1.0, default=0.6)
@@ -135,7 +140,15 @@ class ContrastiveViews:
 
     def make_views(self, seq, lengths):
         if self.method == "random_split":
-            return random_split(seq, lengths, self.min_split_length, self.shuffle_first_view, self.generator)
+            views = random_split(seq, lengths, self.min_split_length, self.shuffle_first_view, self.generator)
+            short = lengths <= self.min_split_length
+            if self.short_views == "whole" or not short.any():
+                return views
+            others = [self._single(self.short_views, seq, lengths) for _ in views]
+            return tuple(
+                (torch.where(short[:, None], other_seq, view_seq), torch.where(short, other_len, view_len))
+                for (view_seq, view_len), (other_seq, other_len) in zip(views, others)
+            )
         if self.method != "random":
             return self._single(self.method, seq, lengths), self._single(self.method, seq, lengths)
         ops = ("crop", "mask", "reorder")

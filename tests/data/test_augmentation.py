@@ -222,6 +222,33 @@ def test_a_single_operation_draws_the_two_views_independently(method):
     assert not torch.equal(v1, v2)
 
 
+@pytest.mark.parametrize("short_views", ["crop", "mask", "reorder"])
+def test_short_histories_get_two_views_of_the_chosen_operation_and_long_ones_are_still_split(short_views):
+    seq, lengths = _batch([3, 6, 7, 12, 2, 5], seed=3)
+    hook = ContrastiveViews(_config(cl_short_views=short_views, crop_eta=0.5, mask_gamma=0.5), _Dataset())
+    hook.generator = torch.Generator().manual_seed(0)
+    (v1, l1), (v2, l2) = hook.make_views(seq, lengths)
+    whole = ContrastiveViews(_config(), _Dataset())
+    whole.generator = torch.Generator().manual_seed(0)
+    (w1, wl1), (w2, wl2) = whole.make_views(seq, lengths)
+    short = lengths <= 6
+    # Long rows: the random split, the same draws as without the option.
+    assert torch.equal(v1[~short], w1[~short]) and torch.equal(v2[~short], w2[~short])
+    # Short rows: the default leaves both views whole; the option draws two views of its operation.
+    assert torch.equal(w1[short], seq[short]) and torch.equal(w2[short], seq[short])
+    history = _rows(seq, lengths)
+    for view, length in ((v1, l1), (v2, l2)):
+        for row in torch.nonzero(short).flatten().tolist():
+            items, n = view[row, : int(length[row])].tolist(), int(lengths[row])
+            if short_views == "crop":
+                assert 1 <= len(items) <= n and _is_subsequence(items, history[row])
+            elif short_views == "mask":
+                assert len(items) == n and sum(i == MASK_ID for i in items) == n // 2
+            else:
+                assert sorted(items) == sorted(history[row])
+    assert not (torch.equal(v1[short], v2[short]) and torch.equal(l1[short], l2[short]))
+
+
 # --------------------------------------------------------------------------- the hook
 
 
@@ -280,6 +307,7 @@ def test_view_fields_follow_the_configured_field_names():
 def test_the_hook_defaults():
     hook = ContrastiveViews(_config(), _Dataset())
     assert hook.method == "random_split" and hook.min_split_length == 6 and hook.shuffle_first_view is False
+    assert hook.short_views == "whole"
     assert (hook.eta, hook.gamma, hook.beta) == (0.6, 0.3, 0.6) and hook.mask_id == MASK_ID
     assert ContrastiveViews(_config(cl_augmentation="crop"), _Dataset(), method="mask").method == "mask"
 
@@ -295,6 +323,7 @@ def test_the_hook_defaults():
         ("cl_split_min_length", 0, ">= 1"),
         ("cl_split_min_length", 2.5, ">= 1"),
         ("cl_shuffle_first_view", "yes", "True or False"),
+        ("cl_short_views", "split", "one of 'whole', 'crop', 'mask', 'reorder'"),
     ],
 )
 def test_bad_settings_name_key_value_and_range(key, value, accepted):
