@@ -55,7 +55,6 @@ from recbole_cmi.paths import (
     plain_name_problem,
     properties_dir,
 )
-from recbole_cmi.retrieval import retrieval_config_problems
 from recbole_cmi.utils import get_model
 
 BPR_DEFAULT_NEG_SAMPLING = {
@@ -305,7 +304,6 @@ class Config(recbole.config.Config):
         if topk_ok and metrics_ok:
             self._check_valid_metric(cfg, problems)
         self._check_train_neg_sample_args(cfg, problems)
-        problems += retrieval_config_problems(cfg)
         if problems:
             raise ConfigValueError("invalid config value " + "; ".join(problems))
 

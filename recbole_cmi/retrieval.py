@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import time
 
 import numpy as np
 import torch
 
 from recbole_cmi.errors import ConfigValueError, RecboleCmiError
+from recbole_cmi.options import Option
 
 RETRIEVAL_MODES = ("exact", "faiss")
 FAISS_INDEXES = ("flat", "ivf", "hnsw")
@@ -108,26 +108,22 @@ def _get(config, key):
         return None
 
 
-def _is_int(value, minimum: int) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+# The same rules as the keys' documentation in properties/overall.yaml, which the config checks;
+# these also serve settings that do not come from a config (recommend's flags, older checkpoints).
+RETRIEVAL_OPTIONS = {
+    "retrieval": Option("choice", choices=RETRIEVAL_MODES),
+    "faiss_index": Option("choice", choices=FAISS_INDEXES),
+    "faiss_nlist": Option("int", low=0),
+    "faiss_nprobe": Option("int", low=1),
+    "faiss_hnsw_m": Option("int", low=2),
+    "faiss_ef_search": Option("int", low=1),
+}
 
 
 def retrieval_config_problems(config) -> list[str]:
     """``key=value (requirement)`` for every bad retrieval key present in ``config`` (None = absent)."""
-    checks = (
-        ("retrieval", lambda v: v in RETRIEVAL_MODES, f"one of {', '.join(RETRIEVAL_MODES)}"),
-        ("faiss_index", lambda v: v in FAISS_INDEXES, f"one of {', '.join(FAISS_INDEXES)}"),
-        ("faiss_nlist", lambda v: _is_int(v, 0), "an integer >= 0; 0 = about sqrt(number of items)"),
-        ("faiss_nprobe", lambda v: _is_int(v, 1), "an integer >= 1"),
-        ("faiss_hnsw_m", lambda v: _is_int(v, 2), "an integer >= 2"),
-        ("faiss_ef_search", lambda v: _is_int(v, 1), "an integer >= 1"),
-    )
-    problems = []
-    for key, ok, requirement in checks:
-        value = _get(config, key)
-        if value is not None and not ok(value):
-            problems.append(f"{key}={value!r} ({requirement})")
-    return problems
+    problems = (option.problem(key, _get(config, key)) for key, option in RETRIEVAL_OPTIONS.items())
+    return [problem for problem, key in zip(problems, RETRIEVAL_OPTIONS) if problem and _get(config, key) is not None]
 
 
 def import_faiss():

@@ -15,6 +15,7 @@ from recbole_cmi.data.sampler import NEG_SAMPLERS
 from recbole_cmi.model.cl4srec import HIDDEN_ACTS, CL4SRec
 from recbole_cmi.model.cmi import CATEGORY_INITS, LOSS_TYPES, REC_LOSS_INPUTS
 from recbole_cmi.options import Option, documented_options, parse_documentation
+from recbole_cmi.retrieval import RETRIEVAL_OPTIONS
 
 PROPERTIES = REPO_ROOT / "properties"
 DEFAULT_FILES = [PROPERTIES / "overall.yaml", *sorted((PROPERTIES / "model").glob("*.yaml"))]
@@ -92,3 +93,9 @@ def test_a_comment_gives_the_option_it_spells(type_text, text, expected):
 def test_an_option_accepts_exactly_its_values(option, good, bad):
     assert all(option.accepts(v) for v in good)
     assert not any(option.accepts(v) for v in bad)
+
+
+def test_the_retrieval_keys_follow_their_documentation():
+    documented = documented_options([PROPERTIES / "overall.yaml"])
+    for key, option in RETRIEVAL_OPTIONS.items():
+        assert documented[key] == [option], key
