@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from recbole_cmi.data.synthetic import SyntheticConfig, generate, main, write_atomic
+from recbole_cmi.data.synthetic import PRESETS, SyntheticConfig, generate, main, write_atomic
 from recbole_cmi.paths import bundled_dataset_dir
 
 SMALL = SyntheticConfig(n_users=200, n_items=300, n_categories=8, min_len=5, max_len=40, seed=11)
@@ -96,6 +96,27 @@ def test_more_exploration_means_less_category_coherence():
         return float(np.mean(cats[1:][same_user] == cats[:-1][same_user]))
 
     assert coherence(focused) > coherence(scattered) + 0.3
+
+
+def _coherence(data):
+    """Share of a user's consecutive items that come from the same latent category."""
+    cats = np.concatenate([[-1], data.item_category])[data.items]
+    same_user = data.users[1:] == data.users[:-1]
+    return float(np.mean(cats[1:][same_user] == cats[:-1][same_user]))
+
+
+def test_the_noisy_preset_scatters_histories_and_the_cli_applies_presets_under_flags(tmp_path, capsys):
+    noisy = PRESETS["micro_video_noisy"]
+    assert PRESETS["micro_video"] == SyntheticConfig()
+    assert (noisy.n_users, noisy.n_items, noisy.n_categories) == (2000, 1200, 16)
+    small = {"n_users": 200, "seed": 3}
+    assert (
+        _coherence(generate(dataclasses.replace(noisy, **small)))
+        < _coherence(generate(dataclasses.replace(SyntheticConfig(), **small))) - 0.15
+    )
+    main(["--output", str(tmp_path / "noisy"), "--preset", "micro_video_noisy", "--n_users", "50", "--seed", "4"])
+    expected = generate(dataclasses.replace(noisy, n_users=50, seed=4))
+    assert len((tmp_path / "noisy" / "noisy.inter").read_text().splitlines()) == len(expected.users) + 1
 
 
 BAD_SETTINGS = [
