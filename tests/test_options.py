@@ -10,6 +10,7 @@ from conftest import REPO_ROOT
 
 from recbole_cmi.config import SafeConfigLoader
 from recbole_cmi.data.augmentation import AUGMENTATIONS, SHORT_VIEWS
+from recbole_cmi.data.dataloader import TRAIN_SAMPLINGS
 from recbole_cmi.data.protocol import PROTOCOLS, SPLITS
 from recbole_cmi.data.sampler import NEG_SAMPLERS
 from recbole_cmi.model.cl4srec import HIDDEN_ACTS, CL4SRec
@@ -54,6 +55,7 @@ def test_every_numeric_default_states_its_range(path):
         ("model/CL4SRec.yaml", "cl_similarity", CL4SRec.SIMILARITIES),
         ("model/CL4SRec.yaml", "loss_type", CL4SRec.LOSS_TYPES),
         ("overall.yaml", "eval_protocol", PROTOCOLS),
+        ("overall.yaml", "train_sampling", TRAIN_SAMPLINGS),
         ("overall.yaml", "multi_target_split", SPLITS),
     ],
 )

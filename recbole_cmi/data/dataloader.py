@@ -8,6 +8,14 @@ that needs the live model (interest-aware negatives) defines ``bind_model(model)
 that draws from its own ``torch.Generator`` (attribute ``generator``) has that generator's state
 saved in checkpoints with the loader's shuffling generator (``get_rng_state``/``set_rng_state``),
 so a resumed run draws the same batches and views as an uninterrupted one.
+
+``train_sampling`` chooses the training rows of an epoch for sequential models. ``prefixes``
+(RecBole's): every prefix of every history, target = the next item. ``per_user`` (the CMI authors'
+sampler, docs/cmi.md §3.1): an epoch visits each user once; a row is the user's history cut at a
+random point, and its target a random later item of that user (the next item or any after it, up
+to the last training item). The rows come from RecBole's prefix rows (the history of a random
+prefix, the target of a random prefix at or after it), so views, negatives and hooks work as
+before; an epoch has one row per user, so it is far shorter than a ``prefixes`` epoch.
 """
 
 from __future__ import annotations
@@ -15,22 +23,55 @@ from __future__ import annotations
 import torch
 from recbole.data import data_preparation as recbole_data_preparation
 from recbole.data.dataloader import TrainDataLoader
+from recbole.utils import ModelType
 
+from recbole_cmi import options
 from recbole_cmi.data.protocol import multi_target_preparation, protocol_name
-from recbole_cmi.errors import DatasetError
+from recbole_cmi.errors import ConfigValueError, DatasetError
 from recbole_cmi.utils import get_model
+
+TRAIN_SAMPLINGS = ("prefixes", "per_user")
 
 
 class HookedTrainDataLoader(TrainDataLoader):
     def __init__(self, config, dataset, sampler, shuffle=False, hooks=()):
         self.batch_hooks = list(hooks)
+        self.per_user = options.choice(config, "train_sampling", TRAIN_SAMPLINGS, default="prefixes") == "per_user"
+        if self.per_user:
+            if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+                raise ConfigValueError("train_sampling: per_user is for sequential models (it cuts histories)")
+            self.user_rows_order, *self.user_rows = _rows_by_user(dataset)
+            self.sampling_generator = torch.Generator().manual_seed(config["seed"])
         super().__init__(config, dataset, sampler, shuffle=shuffle)
 
+    # RecBole's loaders iterate over range(sample_size); per_user iterates over users instead.
+    @property
+    def sample_size(self):
+        return len(self.user_rows[0]) if self.per_user else self._sample_size
+
+    @sample_size.setter
+    def sample_size(self, value):
+        self._sample_size = value
+
     def collate_fn(self, index):
-        interaction = super().collate_fn(index)
+        interaction = self._per_user_batch(index) if self.per_user else super().collate_fn(index)
         for hook in self.batch_hooks:
             interaction = hook(interaction)
         return interaction
+
+    def _per_user_batch(self, users):
+        """``TrainDataLoader.collate_fn`` on per_user rows: the history of a random prefix of each user and
+        the target of a random prefix at or after it, set before RecBole's transform and negatives see it."""
+        starts, counts = self.user_rows
+        users = torch.as_tensor(users, dtype=torch.long)
+        start, count = starts[users], counts[users]
+        uniform = torch.rand(2, len(users), generator=self.sampling_generator, dtype=torch.float64)
+        cut = (uniform[0] * count).long()
+        later = cut + (uniform[1] * (count - cut)).long()
+        data = self._dataset[self.user_rows_order[start + cut].numpy()]
+        item = self._dataset.iid_field
+        data.interaction[item] = self._dataset.inter_feat[item][self.user_rows_order[start + later]]
+        return self._neg_sampling(self.transform(self._dataset, data))
 
     def bind_model(self, model):
         for hook in self.batch_hooks:
@@ -42,13 +83,27 @@ class HookedTrainDataLoader(TrainDataLoader):
             hook.generator.get_state() if isinstance(getattr(hook, "generator", None), torch.Generator) else None
             for hook in self.batch_hooks
         ]
-        return {"loader": self.generator.get_state(), "hooks": hooks}
+        state = {"loader": self.generator.get_state(), "hooks": hooks}
+        if self.per_user:
+            state["per_user"] = self.sampling_generator.get_state()
+        return state
 
     def set_rng_state(self, state: dict) -> None:
         self.generator.set_state(state["loader"])
+        if self.per_user and state.get("per_user") is not None:
+            self.sampling_generator.set_state(state["per_user"])
         for hook, hook_state in zip(self.batch_hooks, state.get("hooks") or []):
             if hook_state is not None and isinstance(getattr(hook, "generator", None), torch.Generator):
                 hook.generator.set_state(hook_state)
+
+
+def _rows_by_user(dataset):
+    """``(order, starts, counts)``: the training rows grouped by user (a user's rows keep their order,
+    shortest prefix first), and where each user's group starts in ``order`` and how long it is."""
+    users = dataset.inter_feat[dataset.uid_field]
+    order = torch.argsort(users, stable=True)
+    _, counts = torch.unique_consecutive(users[order], return_counts=True)
+    return order, torch.cumsum(counts, 0) - counts, counts
 
 
 def data_preparation(config, dataset):
