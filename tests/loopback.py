@@ -85,7 +85,8 @@ def run_inside(test_ids: list[str], tmp_path: Path, timeout: float) -> tuple[sub
             filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])
         ),
     )
-    command = [*UNSHARE, sys.executable, str(Path(__file__).resolve()), "-q", "-p", "no:cacheprovider", *test_ids]
+    # -s: the inner tests' "measured: ..." lines reach this process, which prints them (see report_measured).
+    command = [*UNSHARE, sys.executable, str(Path(__file__).resolve()), "-q", "-s", "-p", "no:cacheprovider", *test_ids]
     start = time.monotonic()
     try:
         done = subprocess.run(
@@ -97,6 +98,17 @@ def run_inside(test_ids: list[str], tmp_path: Path, timeout: float) -> tuple[sub
     seconds = time.monotonic() - start
     _assert_nothing_left(pidns_file, run_tag)
     return done, seconds
+
+
+def report_measured(done: subprocess.CompletedProcess, seconds: float, what: str) -> str:
+    """Print the inner tests' ``measured:`` lines and the wall time; returns pytest's summary line."""
+    lines = done.stdout.strip().splitlines()
+    for line in lines:
+        if "measured: " in line:  # pytest's progress dots may precede it
+            print(line[line.index("measured: ") :])
+    summary = lines[-1] if lines else ""
+    print(f"measured: {what} in the namespace: {seconds:.1f} s ({summary})")
+    return summary
 
 
 def _assert_nothing_left(pidns_file: Path, run_tag: str, wait: float = 10.0) -> None:

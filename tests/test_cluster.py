@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO_ROOT, TINY_SETTINGS
-from loopback import require_inside, run_inside, short_temp_dir
+from loopback import report_measured, require_inside, run_inside, short_temp_dir
 
 from recbole_cmi.distributed import find_free_port
 
@@ -35,8 +35,7 @@ EPOCHS = 4
 
 def test_ray_cluster_on_loopback(tmp_path):
     done, seconds = run_inside(["tests/test_cluster.py", "-m", "cluster", "-k", "inside"], tmp_path, timeout=420)
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    print(f"namespaced Ray cluster tests: {seconds:.1f} s; {summary}")
+    summary = report_measured(done, seconds, "Ray cluster tests")
     assert done.returncode == 0 and "3 passed" in summary, done.stdout[-8000:] + done.stderr[-4000:]
 
 
@@ -174,6 +173,7 @@ def test_inside_search_on_two_nodes_survives_a_killed_driver(cluster, tmp_path, 
             f"--config_files={config}", "--search=grid", "--scheduler=fifo", "--max_concurrent=2", "--verbose=0",
             f"--output={output}"]  # fmt: skip
     log = open(tmp_path / "driver.log", "w")
+    started = time.monotonic()
     driver = _run_hyper(cluster, *args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     # Kill the driver (SIGKILL: no chance to save anything) once its saved state shows one trial finished and
@@ -190,7 +190,7 @@ def test_inside_search_on_two_nodes_survives_a_killed_driver(cluster, tmp_path, 
             partial = [name for name, r in reports.items() if running and 1 <= len(r) < EPOCHS]
             if len(finished) == 1 and len(running) == 1 and partial:
                 os.killpg(driver.pid, signal.SIGKILL)
-                before = reports
+                before, killed_after = reports, time.monotonic() - started
                 break
         time.sleep(0.2)
     driver.wait(timeout=30)
@@ -209,7 +209,9 @@ def test_inside_search_on_two_nodes_survives_a_killed_driver(cluster, tmp_path, 
         cluster, f"--address={cluster.address}", "--resume", f"--output={output}", "--verbose=0",
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
+    resume_started = time.monotonic()
     out, err = resumed.communicate(timeout=240)
+    resume_seconds = time.monotonic() - resume_started
     assert resumed.returncode == 0, out[-3000:] + err[-3000:]
 
     after = _results(experiment)
@@ -230,3 +232,7 @@ def test_inside_search_on_two_nodes_survives_a_killed_driver(cluster, tmp_path, 
     assert best["model"] == "SASRec" and best["train_batch_size"] in (1, 256)
     assert json.loads((output / "best_test_result.json").read_text())["test_result"]
     assert "best trial" in out
+    print(
+        f"measured: Ray: driver killed {killed_after:.1f} s after its start (one trial done, the other at "
+        f"{len(before[half_name])}/{EPOCHS} epochs); --resume finished the search in {resume_seconds:.1f} s"
+    )

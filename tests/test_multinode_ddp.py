@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_SETTINGS
-from loopback import require_inside, run_inside
+from loopback import report_measured, require_inside, run_inside
 
 from recbole_cmi.distributed import find_free_port
 
@@ -37,8 +37,7 @@ TOLERANCE_TORCHRUN_VS_LAUNCHER = 1e-6
 
 def test_multi_node_ddp_on_loopback(tmp_path):
     done, seconds = run_inside(["tests/test_multinode_ddp.py", "-m", "cluster", "-k", "inside"], tmp_path, timeout=420)
-    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
-    print(f"namespaced DDP tests: {seconds:.1f} s; {summary}")
+    summary = report_measured(done, seconds, "multi-node DDP tests")
     assert done.returncode == 0 and "4 passed" in summary, done.stdout[-8000:] + done.stderr[-4000:]
 
 
@@ -128,7 +127,7 @@ def test_inside_two_nodes_train_like_two_local_processes_and_one_process(model, 
             torchrun_test[name],
             one["test_result"][name],
         )
-    print(f"{model} test ndcg@20: one process {one['test_result']['ndcg@20']:.4f}, launcher "
+    print(f"measured: {model} test ndcg@20: one process {one['test_result']['ndcg@20']:.4f}, launcher "
           f"{launcher_test['ndcg@20']:.4f}, torchrun {torchrun_test['ndcg@20']:.4f}")  # fmt: skip
 
 
@@ -177,7 +176,7 @@ def test_inside_a_killed_rank_ends_the_launcher_with_one_line(tmp_path, tiny_dat
     # Whichever the launcher notices first: the killed rank, or the survivor failing on the closed connection.
     assert lines[0].startswith("error: DDP rank ") and "the other processes were stopped" in lines[0], lines
     assert seconds < 30, seconds
-    print(f"launcher: ended {seconds:.1f} s after the kill with {lines[0]!r}")
+    print(f"measured: launcher: ended {seconds:.1f} s after the kill with {lines[0]!r}")
 
 
 def test_inside_a_killed_rank_ends_both_torchrun_nodes(tmp_path, tiny_data_root):
@@ -200,4 +199,4 @@ def test_inside_a_killed_rank_ends_both_torchrun_nodes(tmp_path, tiny_data_root)
     assert len(survivor_err) == 1
     lines = survivor_err[0].read_text().strip().splitlines()
     assert len(lines) <= 1 and all(line.startswith("error: ") for line in lines), lines
-    print(f"torchrun: both nodes ended {seconds:.1f} s after the kill; the surviving worker said {lines}")
+    print(f"measured: torchrun: both nodes ended {seconds:.1f} s after the kill; the surviving worker said {lines}")

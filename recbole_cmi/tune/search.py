@@ -412,7 +412,7 @@ def check_cluster_answers(address: str, timeout: float = CONNECT_TIMEOUT_S) -> N
     except OSError as err:
         reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
         raise RecboleCmiError(
-            f"no Ray cluster answers at {address} ({reason} after at most {timeout:g} s): start one with "
+            f"no Ray cluster answers at {address} ({reason}; connect timeout {timeout:g} s): start one with "
             f"`ray start --head --port={port}` on {host}, or check --address"
         ) from err
 
