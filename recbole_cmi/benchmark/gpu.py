@@ -168,8 +168,17 @@ def agreement(a, b) -> dict:
 def ddp_two_gpus(name: str, args, data_path: str) -> dict:
     from recbole_cmi.distributed import run_distributed
 
+    # The one-GPU runs' Configs set CUDA_VISIBLE_DEVICES=0 in this process; the spawned ranks inherit it.
+    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = "0,1"
     start = time.perf_counter()
-    result = run_distributed(name, DATASET, config_dict=settings(args, data_path, "0,1", False), nproc=2)
+    try:
+        result = run_distributed(name, DATASET, config_dict=settings(args, data_path, "0,1", False), nproc=2)
+    finally:
+        if saved is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved
     return {
         "model": name,
         "wall_seconds": time.perf_counter() - start,
