@@ -27,4 +27,4 @@ lint: env
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf saved log log_tensorboard ray_results build dist *.egg-info
+	rm -rf saved log log_tensorboard ray_results bench_runs build dist *.egg-info

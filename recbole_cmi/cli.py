@@ -14,6 +14,13 @@ from recbole_cmi.errors import RecboleCmiError
 _RECBOLE_MODULES = r"recbole(\.|$)"
 
 
+TRUST_HELP = (
+    "also load a checkpoint that pickles Python objects (RecBole's, or recbole_cmi's before 0.2): unpickling runs "
+    "any code a crafted file holds, so use it only for files you trust (python -m recbole_cmi.checkpoint upgrade "
+    "converts one for good)"
+)
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (exit status 2), like our other errors."""
 

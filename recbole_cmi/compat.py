@@ -8,8 +8,8 @@ runs them all and is called once when ``recbole_cmi`` is imported (``__init__``)
   uses the aliases ``np.float``/``np.long``/``np.bool`` it creates there. We set the same
   aliases from names that exist in both NumPy 1 and 2.
 * ``torch.load`` defaults to ``weights_only=True`` from torch 2.6 on, and RecBole's checkpoints
-  pickle the whole ``Config``. We do not switch that off globally: :func:`load_checkpoint`
-  passes ``weights_only=False`` for files our own runs wrote, and our ``Trainer`` uses it.
+  pickle the whole ``Config``. We keep the safe default: our checkpoints hold plain data
+  (:mod:`recbole_cmi.checkpoint`), and nothing here switches it off.
 * Importing ``recbole.model.sequential_recommender`` (any core sequential model) runs
   ``torch.autograd.set_detect_anomaly(True)`` for the whole process (``sine.py``).
   :func:`disable_anomaly_mode` switches it back off; the runner calls it after every model
@@ -52,11 +52,6 @@ def patch_numpy_aliases() -> bool:
         Config.compatibility_settings = _set_numpy_aliases
     _set_numpy_aliases()  # RecBole modules used before any Config exists need them too
     return True
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load a checkpoint that a run of ours wrote (it pickles RecBole's ``Config``)."""
-    return torch.load(path, map_location=map_location, weights_only=False)
 
 
 def disable_anomaly_mode() -> bool:

@@ -5,8 +5,9 @@ Internal (default) layers, lowest priority first: RecBole's own files (``overall
 then ours: ``properties/overall.yaml``, ``properties/model/<Model>.yaml``,
 ``properties/dataset/<dataset>.yaml`` and, where a search on that dataset's validation split found
 better values than the model's published defaults, ``properties/tuned/<dataset>/<Model>.yaml``
-(each file says which search). External sources (config files < config dict < command line)
-override all of them, as in RecBole.
+(each file says which search; ``use_tuned_values: False``, given as a config file, dict or command line value,
+leaves that last layer out: the benchmark's equal-budget search starts every model from its published defaults).
+External sources (config files < config dict < command line) override all of them, as in RecBole.
 
 Two conveniences on top of RecBole:
 
@@ -24,7 +25,8 @@ And two checks (``_validate_values``, ``_unknown_key_warnings``):
   ``train_batch_size``/``eval_batch_size`` (int >= 1), ``learning_rate`` (> 0),
   ``weight_decay`` (>= 0), ``stopping_step`` (int >= 0), ``MAX_ITEM_LIST_LENGTH`` (int >= 2 for
   sequential models), ``topk``, ``metrics``, ``valid_metric`` (a metric in ``metrics`` at a
-  cut-off in ``topk``) and ``train_neg_sample_args`` (None for loss_type CE, a sampling dict for BPR);
+  cut-off in ``topk``), ``train_neg_sample_args`` (None for loss_type CE, a sampling dict for BPR) and the
+  retrieval keys (``retrieval``, ``faiss_*``; :mod:`recbole_cmi.retrieval`);
 * a key given by the user (file, dict or command line) that no RecBole or recbole_cmi yaml file
   or code reads gets a one-line warning on stderr with the closest known key (RecBole accepts
   arbitrary keys, so this never fails); ``quick_start.prepare`` also writes it to the log file.
@@ -32,10 +34,9 @@ And two checks (``_validate_values``, ``_unknown_key_warnings``):
 
 from __future__ import annotations
 
+import ast
 import difflib
 import functools
-import math
-import numbers
 import os
 import re
 import sys
@@ -46,7 +47,15 @@ import yaml
 from recbole.utils import ModelType
 
 from recbole_cmi.errors import ConfigValueError, DatasetError
-from recbole_cmi.paths import bundled_dataset_dir, bundled_datasets, properties_dir
+from recbole_cmi.options import GENERAL_OPTIONS, documented_options, gpu_id_problem, is_int
+from recbole_cmi.paths import (
+    bundled_dataset_dir,
+    bundled_datasets,
+    describe_unreadable,
+    plain_name_problem,
+    properties_dir,
+)
+from recbole_cmi.retrieval import retrieval_config_problems
 from recbole_cmi.utils import get_model
 
 BPR_DEFAULT_NEG_SAMPLING = {
@@ -119,24 +128,68 @@ def known_config_keys() -> frozenset[str]:
     return _recbole_config_keys() | plugin
 
 
-def property_layers(model: str, dataset: str) -> list[Path]:
-    """recbole_cmi's yaml files for a run, lowest priority first (those that exist)."""
+def tuned_layer_path(model: str, dataset: str) -> Path:
+    """``properties/tuned/<dataset>/<Model>.yaml``: the values a search on that dataset's validation split found."""
+    return properties_dir() / "tuned" / str(dataset) / f"{model}.yaml"
+
+
+def property_layers(model: str, dataset: str, tuned: bool = True) -> list[Path]:
+    """recbole_cmi's yaml files for a run, lowest priority first (those that exist); ``tuned=False`` drops
+    the tuned layer."""
     root = properties_dir()
     layers = (
         root / "overall.yaml",
         root / "model" / f"{model}.yaml",
         root / "dataset" / f"{dataset}.yaml",
-        root / "tuned" / str(dataset) / f"{model}.yaml",
+        *((tuned_layer_path(model, dataset),) if tuned else ()),
     )
     return [path for path in layers if path.is_file()]
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def uses_tuned_values(external: dict) -> bool:
+    """``use_tuned_values`` as the user gave it (default True); anything but a boolean is a ConfigValueError."""
+    value = external.get("use_tuned_values", True)
+    if not isinstance(value, bool):
+        raise ConfigValueError(f"invalid config value use_tuned_values={value!r} (True or False)")
+    return value
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+# RecBole's float resolver (``Config._build_yaml_loader``: "1e-3" is a float, not a string), on a
+# SafeLoader subclass: python tags (``!!python/name:``, ``!!python/object``) are refused, and the
+# process-wide yaml.FullLoader that RecBole edits in place is left alone.
+_YAML_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class SafeConfigLoader(yaml.SafeLoader):
+    """yaml's SafeLoader with RecBole's float spelling."""
+
+
+SafeConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_FLOAT, list("-+0123456789."))
+
+
+def literal_value(text: str):
+    """A ``--key=value`` or config-dict string as the value it spells, never evaluated as code.
+
+    What RecBole's ``eval`` turns into data is read the same way here (numbers, lists, dicts,
+    tuples, None, True/False in any case); anything else, ``__import__('os')...`` included, stays
+    the string it is.
+    """
+    stripped = text.strip()
+    if stripped.lower() in ("true", "false"):
+        return stripped.lower() == "true"
+    try:
+        value = ast.literal_eval(stripped)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    return value if isinstance(value, (str, int, float, list, tuple, dict, bool)) or value is None else text
 
 
 class Config(recbole.config.Config):
@@ -147,26 +200,44 @@ class Config(recbole.config.Config):
         for warning in self.config_warnings:
             print(f"warning: {warning}", file=sys.stderr)
 
+    @classmethod
+    def from_values(cls, final: dict, external: dict | None = None) -> Config:
+        """A Config holding ``final`` as it was resolved (a checkpoint's), without reading any file."""
+        config = cls.__new__(cls)
+        config._read_argv = False
+        config.compatibility_settings()
+        config._init_parameters_category()
+        config.yaml_loader = config._build_yaml_loader()
+        config.file_config_dict, config.variable_config_dict, config.cmd_config_dict = {}, {}, {}
+        config.external_config_dict = dict(external or {})
+        config.internal_config_dict = {}
+        config.final_config_dict = dict(final)
+        config.model, config.dataset = final.get("model"), final.get("dataset")
+        config.model_class = get_model(config.model) if isinstance(config.model, str) else None
+        config.config_warnings = []
+        return config
+
+    def _build_yaml_loader(self):
+        return SafeConfigLoader
+
+    def _convert_config_dict(self, config_dict):
+        # RecBole eval()s every string of the config dict and the command line; read literals instead.
+        return {key: literal_value(value) if isinstance(value, str) else value for key, value in config_dict.items()}
+
     def _load_config_files(self, file_list):
+        loaded = {}
         for path in file_list or []:
-            if not os.path.isfile(path):
-                raise ConfigValueError(f"config file not found: {path}")
-        try:
-            loaded = super()._load_config_files(file_list)
-        except yaml.YAMLError as err:
-            first_line = (str(err).strip().splitlines() or [""])[0]
-            raise ConfigValueError(f"config file is not valid yaml: {first_line}") from err
-        except (TypeError, ValueError) as err:  # a yaml file whose top level is not a mapping
-            raise ConfigValueError(
-                f"config files must hold 'key: value' lines (a yaml mapping): {', '.join(map(str, file_list))}"
-            ) from err
+            loaded.update(load_yaml_mapping(path, "config file"))
         return loaded
 
     def _load_cmd_line(self):
         # Library use (tests, Ray workers) passes everything through config_dict, never argv.
         if not self._read_argv:
             return {}
-        return super()._load_cmd_line()
+        try:
+            return super()._load_cmd_line()
+        except SyntaxError as err:  # RecBole's word for a key given twice with two values
+            raise ConfigValueError(str(err).replace("commend", "command")) from err
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:
@@ -180,15 +251,14 @@ class Config(recbole.config.Config):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        for path in property_layers(model, dataset):
+        for path in property_layers(model, dataset, uses_tuned_values(self.external_config_dict)):
             self._update_internal_config_dict(str(path))
 
     def property_values(self) -> dict:
         """Our yaml layers for this model and dataset, merged as read now (a search freezes them with this)."""
         values = {}
-        for path in property_layers(self["model"], self["dataset"]):
-            with open(path, encoding="utf-8") as f:
-                values.update(yaml.load(f.read(), Loader=self.yaml_loader) or {})
+        for path in property_layers(self["model"], self["dataset"], uses_tuned_values(self.external_config_dict)):
+            values.update(load_yaml_mapping(path, "recbole_cmi yaml file"))
         return values
 
     def _init_device(self):
@@ -210,34 +280,34 @@ class Config(recbole.config.Config):
         super()._set_default_parameters()
 
     def _validate_values(self):
-        """Reject values RecBole would accept and fail on later; one ConfigValueError for all problems."""
+        """Reject values RecBole would accept and fail on later; one ConfigValueError for all problems.
+
+        Every key documented in our yaml layers of this run is checked against its documentation
+        (``recbole_cmi.options``), and RecBole's general keys against ``GENERAL_OPTIONS``.
+        """
         cfg = self.final_config_dict
         problems = []
-
-        def check(key, ok, requirement):
-            if key in cfg and not ok(cfg[key]):
-                problems.append(f"{key}={cfg[key]!r} ({requirement})")
-
-        check("epochs", lambda v: _is_int(v) and v >= 0, "an integer >= 0; 0 evaluates the untrained model")
-        check("train_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
-        check("eval_batch_size", lambda v: _is_int(v) and v >= 1, "an integer >= 1")
-        check("learning_rate", lambda v: _is_real(v) and v > 0, "a number > 0")
-        check("weight_decay", lambda v: v is None or (_is_real(v) and v >= 0), "a number >= 0")
-        check("stopping_step", lambda v: _is_int(v) and v >= 0, "an integer >= 0")
-        check("eval_step", _is_int, "an integer; <= 0 turns validation off")
-        check("seed", _is_int, "an integer")
-        check("exclude_history_items", lambda v: isinstance(v, bool), "True or False")
-        if cfg.get("MODEL_TYPE") == ModelType.SEQUENTIAL:
-            check(
-                "MAX_ITEM_LIST_LENGTH",
-                lambda v: _is_int(v) and v >= 2,
-                "an integer >= 2: the longest history a sequential model sees",
-            )
+        checks = [(key, [option]) for key, option in GENERAL_OPTIONS.items()]
+        tuned = uses_tuned_values(self.external_config_dict)
+        checks += documented_options(property_layers(self.model, self.dataset, tuned)).items()
+        for key, options in checks:
+            if key in cfg:
+                problems += [p for p in (option.problem(key, cfg[key]) for option in options) if p]
+        gpu_problem = gpu_id_problem(cfg.get("gpu_id"))
+        if gpu_problem:
+            problems.append(gpu_problem)
+        if cfg.get("MODEL_TYPE") == ModelType.SEQUENTIAL and "MAX_ITEM_LIST_LENGTH" in cfg:
+            value = cfg["MAX_ITEM_LIST_LENGTH"]
+            if not (is_int(value) and value >= 2):
+                problems.append(
+                    f"MAX_ITEM_LIST_LENGTH={value!r} (an integer >= 2: the longest history a sequential model sees)"
+                )
         topk_ok = self._check_topk(cfg, problems)
         metrics_ok = self._check_metrics(cfg, problems)
         if topk_ok and metrics_ok:
             self._check_valid_metric(cfg, problems)
         self._check_train_neg_sample_args(cfg, problems)
+        problems += retrieval_config_problems(cfg)
         if problems:
             raise ConfigValueError("invalid config value " + "; ".join(problems))
 
@@ -245,7 +315,7 @@ class Config(recbole.config.Config):
     def _check_topk(cfg, problems) -> bool:
         topk = cfg.get("topk")
         values = [topk] if not isinstance(topk, list) else topk
-        if not values or not all(_is_int(k) and k >= 1 for k in values):
+        if not values or not all(is_int(k) and k >= 1 for k in values):
             problems.append(f"topk={topk!r} (a positive integer or a list of them, e.g. [10, 20])")
             return False
         return True
@@ -310,7 +380,7 @@ class Config(recbole.config.Config):
                 problems.append(
                     f"train_neg_sample_args={value!r} (distribution must be 'uniform', 'popularity' or None)"
                 )
-            elif not (_is_int(sample_num) and sample_num >= 1):
+            elif not (is_int(sample_num) and sample_num >= 1):
                 problems.append(f"train_neg_sample_args={value!r} (sample_num must be an integer >= 1)")
         elif loss_type == "BPR" and cfg.get("MODEL_TYPE") == ModelType.SEQUENTIAL:
             problems.append(f"train_neg_sample_args={value!r} (loss_type BPR needs negatives, e.g. {example})")
@@ -326,12 +396,6 @@ class Config(recbole.config.Config):
             hint = f" (did you mean '{lowered[close[0]]}'?)" if close else ""
             warnings.append(f"unknown config key '{key}'{hint}: neither RecBole nor recbole_cmi reads it")
         return warnings
-        if "MODEL_INPUT_TYPE" not in self.final_config_dict and "loss_type" in self.final_config_dict:
-            # RecBole knows only CE and BPR; our other losses (CMI's sampled softmax) draw their
-            # negatives in a train-batch hook, so RecBole feeds them pointwise batches.
-            from recbole.utils import InputType
-
-            self.final_config_dict["MODEL_INPUT_TYPE"] = InputType.POINTWISE
 
     def _default_negative_sampling(self):
         if "train_neg_sample_args" in self.external_config_dict:
@@ -344,6 +408,9 @@ class Config(recbole.config.Config):
 
     def _resolve_data_root(self) -> str:
         name = self.dataset
+        problem = plain_name_problem(name)
+        if problem:
+            raise DatasetError(f"dataset name {name!r} {problem}")
         if name == "ml-100k":  # RecBole forces its bundled copy
             return self.final_config_dict.get("data_path", "dataset/")
         if "data_path" in self.external_config_dict:
@@ -364,3 +431,30 @@ class Config(recbole.config.Config):
             f"for your own data put atomic files in <data_path>/{name}/{name}.inter and pass "
             f"--data_path=<data_path>; nothing is downloaded)"
         )
+
+
+def load_yaml_mapping(path, what: str = "yaml file") -> dict:
+    """A yaml file holding a mapping, read safely; every problem is one line naming the file (and line)."""
+    path = str(path)
+    problem = describe_unreadable(path, what)
+    if problem:
+        raise ConfigValueError(problem)
+    try:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.load(f, Loader=SafeConfigLoader)
+    except UnicodeDecodeError as err:
+        raise ConfigValueError(f"{what} {path} is not UTF-8 text (byte {err.start})") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or (str(err).strip().splitlines() or [""])[0]
+        if "python/" in str(err):
+            problem = f"{problem} (python tags are refused: config files hold data, not code)"
+        raise ConfigValueError(f"{what} {path}{where}: not valid yaml: {problem}") from err
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigValueError(
+            f"{what} {path} must hold 'key: value' lines (a yaml mapping), not a {type(loaded).__name__}"
+        )
+    return loaded

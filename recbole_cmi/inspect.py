@@ -11,7 +11,7 @@ import sys
 
 
 def main(argv=None) -> int:
-    from recbole_cmi.cli import OneLineArgumentParser, run_cli
+    from recbole_cmi.cli import TRUST_HELP, OneLineArgumentParser, run_cli
 
     parser = OneLineArgumentParser(prog="python -m recbole_cmi.inspect", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a CMI checkpoint written by our runs")
@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline_checkpoint", default=None, help="e.g. a SASRec checkpoint: k-means of its items")
     parser.add_argument("--seed", type=int, default=2022, help="seed of the sample users and k-means (default 2022)")
     parser.add_argument("--category_field", default="category", help="item-file column with planted categories")
+    parser.add_argument("--trust_checkpoint", action="store_true", help=TRUST_HELP)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.users < 0 or args.top < 1:
         parser.error(f"--users must be >= 0 and --top >= 1, got {args.users} and {args.top}")
@@ -38,6 +39,7 @@ def _run(args) -> int:
         baseline_checkpoint=args.baseline_checkpoint,
         seed=args.seed,
         category_field=args.category_field,
+        trust_checkpoint=args.trust_checkpoint,
     )
     print(f"wrote {args.out}/report.md")
     for name, scores in summary.get("recovery", {}).items():

@@ -8,13 +8,14 @@ never imports Ray.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from logging import getLogger
 
-from recbole_cmi.compat import disable_anomaly_mode, load_checkpoint
+from recbole_cmi.checkpoint import check_id_mapping, load_checkpoint
+from recbole_cmi.compat import disable_anomaly_mode
 from recbole_cmi.config import Config
-from recbole_cmi.errors import CheckpointError, DatasetError
+from recbole_cmi.errors import CheckpointError, ConfigValueError, DatasetError
+from recbole_cmi.paths import describe_unreadable
 
 
 def create_dataset(config):
@@ -24,6 +25,7 @@ def create_dataset(config):
     from recbole_cmi.data.atomic import validate_atomic_files
 
     summary = validate_atomic_files(config)
+    check_sequence_memory(config, summary)
     try:
         dataset = recbole_create_dataset(config)
     except ValueError as err:
@@ -33,6 +35,31 @@ def create_dataset(config):
     if dataset.inter_num == 0:
         raise DatasetError(_nothing_left(config, summary))
     return dataset
+
+
+def sequence_table_bytes(config, summary) -> int:
+    """What RecBole's sequential dataset allocates for its history tables: one ``[prefixes, L]``
+    int64/float64 table per loaded interaction column but the user id (``data_augmentation``)."""
+    length = config["MAX_ITEM_LIST_LENGTH"]
+    return sum((s["rows"] - s["users"]) * length * 8 * max(1, s.get("columns", 2) - 1) for s in summary.values())
+
+
+def check_sequence_memory(config, summary) -> None:
+    """Refuse a ``MAX_ITEM_LIST_LENGTH`` whose tables would not fit in half the free memory, before RecBole tries."""
+    import psutil
+    from recbole.utils import ModelType
+
+    if config["MODEL_TYPE"] != ModelType.SEQUENTIAL or not summary:
+        return
+    needed, available = sequence_table_bytes(config, summary), psutil.virtual_memory().available
+    if needed > available / 2:
+        longest = max(s["max_user_rows"] for s in summary.values())
+        raise ConfigValueError(
+            f"MAX_ITEM_LIST_LENGTH={config['MAX_ITEM_LIST_LENGTH']} makes RecBole's history tables of dataset "
+            f"'{config['dataset']}' take about {needed / 2**30:.1f} GiB, more than half of the "
+            f"{available / 2**30:.1f} GiB of free memory; the longest user history has {longest} items, so a "
+            f"length above {longest} only adds padding: lower MAX_ITEM_LIST_LENGTH"
+        )
 
 
 def _nothing_left(config, summary) -> str:
@@ -109,12 +136,15 @@ def run_recbole_cmi(
     callback_fn=None,
     resume=None,
     evaluate_test=True,
+    trust_checkpoint=False,
 ):
     """Train ``model`` on ``dataset``, evaluate the best checkpoint on the test set.
 
     ``resume`` continues a run from one of its checkpoints (see ``recbole_cmi.trainer``): the
     ``-last.pth`` file, or the best-model file, whose ``-last`` sibling is then used if newer.
-    ``epochs`` is the total, not the number of further epochs.
+    ``epochs`` is the total, not the number of further epochs. A ``resume`` file that pickles
+    Python objects (RecBole's, or ours before 0.2) is read only with ``trust_checkpoint=True``
+    (see :mod:`recbole_cmi.checkpoint`).
 
     ``callback_fn(epoch_idx, valid_score)`` runs after every validation (Ray Tune reports
     through it); ``evaluate_test=False`` skips the test set (searches test only their best
@@ -128,14 +158,15 @@ def run_recbole_cmi(
 
     from recbole_cmi.utils import get_trainer
 
-    if resume and not os.path.isfile(str(resume)):
-        raise CheckpointError(f"checkpoint file not found: {resume}")
+    problem = describe_unreadable(resume, "checkpoint file") if resume else None
+    if problem:
+        raise CheckpointError(problem)
     config, _, (train_data, valid_data, test_data), net = prepare(
         model, dataset, config_file_list, config_dict, read_argv
     )
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     if resume:
-        trainer.resume_checkpoint(resume)
+        trainer.resume_checkpoint(resume, trust=trust_checkpoint)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"], callback_fn=callback_fn
     )
@@ -165,21 +196,22 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     return result
 
 
-def load_data_and_model(model_file):
+def load_data_and_model(model_file, trust=False):
     """Rebuild config, dataset, loaders and the trained model from one of our checkpoints.
 
-    Loads on the CPU whatever device trained the model.
+    Loads on the CPU whatever device trained the model. The file is read without running code in
+    it; a pickled (old or foreign) checkpoint needs ``trust=True`` (:mod:`recbole_cmi.checkpoint`).
+    Data whose user/item id mapping differs from the training data's is refused.
     """
     from recbole.utils import init_seed
 
     from recbole_cmi.data.dataloader import data_preparation
     from recbole_cmi.utils import get_model
 
-    try:
-        checkpoint = load_checkpoint(model_file, map_location="cpu")
-        config = checkpoint["config"]
-    except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint {model_file}: {err}") from err
+    checkpoint = load_checkpoint(model_file, map_location="cpu", trust=trust)
+    config = checkpoint.get("config")
+    if not hasattr(config, "final_config_dict"):
+        raise CheckpointError(f"checkpoint {model_file} holds no RecBole config, so its data cannot be rebuilt")
     config["device"] = __import__("torch").device("cpu")
     config["gpu_id"] = ""
     # A checkpoint of a distributed run is used in this one process (RecBole #2063: its loaders and
@@ -187,6 +219,7 @@ def load_data_and_model(model_file):
     config["single_spec"], config["local_rank"] = True, 0
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
+    check_id_mapping(checkpoint, dataset, model_file)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset)
@@ -196,10 +229,10 @@ def load_data_and_model(model_file):
     return config, model, dataset, train_data, valid_data, test_data
 
 
-def evaluate_checkpoint(model_file, split="test"):
+def evaluate_checkpoint(model_file, split="test", trust=False):
     """Evaluate a saved checkpoint on its dataset's ``"valid"`` or ``"test"`` split."""
     from recbole_cmi.utils import get_trainer
 
-    config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
+    config, model, _, _, valid_data, test_data = load_data_and_model(model_file, trust=trust)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     return trainer.evaluate(valid_data if split == "valid" else test_data, load_best_model=False)

@@ -14,7 +14,7 @@ import sys
 
 
 def main(argv=None) -> int:
-    from recbole_cmi.cli import OneLineArgumentParser, run_cli
+    from recbole_cmi.cli import TRUST_HELP, OneLineArgumentParser, run_cli
 
     parser = OneLineArgumentParser(
         prog="python -m recbole_cmi.robustness", description=__doc__.splitlines()[0], allow_abbrev=False
@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="reports/robustness", help="output folder (default reports/robustness)")
     parser.add_argument("--prefix", default="robustness", help="file names: <prefix>.md/.csv/.png")
     parser.add_argument("--config_files", nargs="*", default=None, help="yaml files for training, later ones win")
+    parser.add_argument("--trust_checkpoint", action="store_true", help=TRUST_HELP)
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     unknown = [a for a in rest if not (a.startswith("--") and "=" in a)]
     if unknown:
@@ -42,7 +43,6 @@ def main(argv=None) -> int:
 
 
 def _run(args, rest) -> int:
-    from recbole_cmi.errors import ConfigValueError
     from recbole_cmi.tools.common import parse_value
     from recbole_cmi.tools.robustness import parse_checkpoints, parse_fractions, parse_models, run_study
 
@@ -51,9 +51,6 @@ def _run(args, rest) -> int:
         parse_checkpoints(args.checkpoints) if args.checkpoints else []
     )
     config_files = [f for group in (args.config_files or []) for f in group.split()] or None
-    for path in config_files or []:
-        if not os.path.isfile(path):
-            raise ConfigValueError(f"config file not found: {path}")
     config_dict = {key[2:]: parse_value(value) for key, _, value in (a.partition("=") for a in rest)}
     rows = run_study(
         specs,
@@ -65,6 +62,7 @@ def _run(args, rest) -> int:
         config_files=config_files,
         config_dict=config_dict,
         topk=args.topk,
+        trust_checkpoint=args.trust_checkpoint,
     )
     print(f"wrote {os.path.join(args.out, args.prefix)}.md, .csv, .png")
     failed = [r for r in rows if r["error"]]

@@ -1,8 +1,11 @@
 """RecBole's Trainer with what our runs need on top.
 
-* Checkpoints are loaded with ``weights_only=False`` (they pickle RecBole's ``Config``), only
-  for files this run wrote or the user named, and written atomically (temp file, fsync, rename),
-  so a kill while saving never leaves a corrupt or partial checkpoint: the previous one stays.
+* Checkpoints are written in the safe format of :mod:`recbole_cmi.checkpoint` (plain data and
+  tensors, so they load with ``torch.load(weights_only=True)``: loading never runs code) and
+  atomically (temp file, fsync, rename), so a kill while saving never leaves a corrupt or partial
+  checkpoint: the previous one stays. They record the user/item id mapping of the training data;
+  resuming on data whose mapping differs is refused. A pickled (old or foreign) checkpoint is
+  read only with ``resume_checkpoint(..., trust=True)`` (``--trust_checkpoint``).
 * Two checkpoints per run: RecBole's best-model file ``<Model>-<time>.pth`` (written when the
   validation score improves; the test set is evaluated with it) and ``<Model>-<time>-last.pth``,
   rewritten after every validation. Both also hold the random number generator states (Python,
@@ -25,8 +28,12 @@
   checkpoint name and waits for rank 0 to have written it before loading it.
 * ``exclude_history_items: True``: full-sort validation and test (``eval_protocol: loo``) give the items of
   each user's input history (``item_id_list``) the score -inf, as the CMI authors' retrieval drops them
-  (cmi.md §4); every sequential model is evaluated so. General models already have RecBole's own
+  (docs/cmi.md §4.2); every sequential model is evaluated so. General models already have RecBole's own
   history mask.
+* ``retrieval: faiss`` (:class:`RetrievalMixin`, :mod:`recbole_cmi.retrieval`): full-sort evaluation retrieves
+  each user's top ``max(topk)`` items per interest from a faiss index of the item vectors, built once per
+  evaluation, merged by the best interest's score, history items excluded as in the exact ranking; RecBole's
+  collector and evaluator compute the metrics from a score matrix that holds the retrieved items.
 * Under ``eval_protocol: multi_target`` validation and test use that protocol's evaluator
   (:mod:`recbole_cmi.data.protocol`), so early stopping follows its validation metric.
 """
@@ -42,13 +49,21 @@ import torch
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
-from recbole_cmi.compat import disable_anomaly_mode, load_checkpoint
+from recbole_cmi.checkpoint import check_id_mapping, checkpoint_payload, id_mapping_fingerprint, load_checkpoint
+from recbole_cmi.compat import disable_anomaly_mode
 from recbole_cmi.data.protocol import MultiTargetEvalLoader, evaluate_multi_target
 from recbole_cmi.distributed import DeviceAwareDDP, is_distributed, is_main_rank, same_on_all_ranks
 from recbole_cmi.errors import CheckpointError, ConfigValueError, NonFiniteLossError
 from recbole_cmi.optim import LazyAdam, has_sparse_gradients
 
-__all__ = ["CheckpointMixin", "HistoryExclusionMixin", "NonFiniteLossError", "Trainer", "last_checkpoint_path"]
+__all__ = [
+    "CheckpointMixin",
+    "HistoryExclusionMixin",
+    "NonFiniteLossError",
+    "RetrievalMixin",
+    "Trainer",
+    "last_checkpoint_path",
+]
 
 
 def last_checkpoint_path(saved_model_file) -> str:
@@ -63,7 +78,8 @@ def atomic_torch_save(state, target) -> None:
     tmp = f"{target}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f, pickle_protocol=4)
+            # torch's default protocol: the weights-only loader does not read protocol 4 (RecBole's).
+            torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -127,6 +143,9 @@ class CheckpointMixin:
     _train_data = None
     _pending_rng_state = None
     _resumed = False
+    _id_mapping = None
+    _trusted_files = frozenset()  # pickled checkpoints the user vouched for (--trust_checkpoint)
+    _resumed_from = None  # (path, checkpoint) until fit has compared its id mapping with the data
 
     def __init__(self, config, model):
         if is_main_rank(config):
@@ -144,19 +163,22 @@ class CheckpointMixin:
         return last_checkpoint_path(self.saved_model_file)
 
     def _checkpoint_state(self, epoch, kind) -> dict:
-        return {
-            "config": self.config,
-            "epoch": epoch,
-            "cur_step": self.cur_step,
-            "best_valid_score": self.best_valid_score,
-            "best_valid_result": self.best_valid_result,
-            "state_dict": self.model.state_dict(),
-            "other_parameter": self.model.other_parameter(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng_state": capture_rng_state(self._train_data),
-            "kind": kind,
-            "best_model_file": os.path.basename(self.saved_model_file),
-        }
+        return checkpoint_payload(
+            {
+                "config": self.config,
+                "epoch": epoch,
+                "cur_step": self.cur_step,
+                "best_valid_score": self.best_valid_score,
+                "best_valid_result": self.best_valid_result,
+                "state_dict": self.model.state_dict(),
+                "other_parameter": self.model.other_parameter(),
+                "optimizer": self.optimizer.state_dict(),
+                "rng_state": capture_rng_state(self._train_data),
+                "kind": kind,
+                "best_model_file": os.path.basename(self.saved_model_file),
+                "id_mapping": self._id_mapping,
+            }
+        )
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         if not is_main_rank(self.config):  # global rank 0 writes; other ranks may be on other machines
@@ -173,17 +195,9 @@ class CheckpointMixin:
             return
         atomic_torch_save(self._checkpoint_state(epoch, "last"), self.last_model_file)
 
-    def _load_own_checkpoint(self, path) -> dict:
+    def _load_own_checkpoint(self, path, trust=False) -> dict:
         path = str(path)
-        if not os.path.isfile(path):
-            raise CheckpointError(f"checkpoint file not found: {path}")
-        try:
-            checkpoint = load_checkpoint(path, map_location=self.device)
-        except Exception as err:  # a truncated or foreign file
-            first_line = (str(err).strip().splitlines() or [""])[0]
-            raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {first_line}") from err
-        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-            raise CheckpointError(f"{path} is not a RecBole/recbole_cmi checkpoint (no 'state_dict' entry)")
+        checkpoint = load_checkpoint(path, map_location=self.device, trust=trust)
         saved_config = checkpoint.get("config")
         for key in ("model", "dataset"):
             saved = _config_value(saved_config, key)
@@ -202,13 +216,14 @@ class CheckpointMixin:
             ) from err
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
 
-    def resume_checkpoint(self, resume_file):
+    def resume_checkpoint(self, resume_file, trust=False):
+        """Continue training from ``resume_file``; ``trust=True`` also reads a pickled (old) checkpoint."""
         resume_file = str(resume_file)
-        checkpoint = self._load_own_checkpoint(resume_file)
+        checkpoint = self._load_own_checkpoint(resume_file, trust)
         if checkpoint.get("kind") != "last":
             last_file = last_checkpoint_path(resume_file)
             if os.path.isfile(last_file):
-                last = self._load_own_checkpoint(last_file)
+                last = self._load_own_checkpoint(last_file, trust)
                 if last["epoch"] >= checkpoint["epoch"]:
                     self.logger.info(
                         f"{resume_file} holds the best model (epoch {checkpoint['epoch']}); continuing from "
@@ -235,10 +250,18 @@ class CheckpointMixin:
         self.best_valid_result = checkpoint.get("best_valid_result")
         self._pending_rng_state = checkpoint.get("rng_state")
         self._resumed = True
+        self._resumed_from = (resume_file, checkpoint)
+        if trust:  # the run may evaluate its best model from this file again, before it writes a new one
+            self._trusted_files = frozenset({resume_file, self.saved_model_file})
         self.logger.info(f"Checkpoint {resume_file} loaded. Resume training from epoch {self.start_epoch}")
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._train_data = train_data
+        self._id_mapping = id_mapping_fingerprint(train_data._dataset)
+        if self._resumed_from is not None:
+            path, checkpoint = self._resumed_from
+            check_id_mapping(checkpoint, train_data._dataset, path)
+            self._resumed_from = None
         if self._pending_rng_state is not None:
             restore_rng_state(self._pending_rng_state, train_data)
             self._pending_rng_state = None
@@ -259,16 +282,17 @@ class CheckpointMixin:
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if eval_data and load_best_model:
             checkpoint_file = model_file or self.saved_model_file
+            trust = checkpoint_file in self._trusted_files
             if is_distributed(self.config):
                 # Only rank 0's machine has the file (DDP ranks may share no disk): rank 0 sends the weights.
                 state = None
                 if is_main_rank(self.config):
-                    loaded = self._load_own_checkpoint(checkpoint_file)
+                    loaded = self._load_own_checkpoint(checkpoint_file, trust=trust)
                     state = {key: loaded.get(key) for key in ("state_dict", "other_parameter")}
                     state["state_dict"] = {name: t.cpu() for name, t in state["state_dict"].items()}
                 checkpoint = same_on_all_ranks(state, self.config)
             else:
-                checkpoint = self._load_own_checkpoint(checkpoint_file)
+                checkpoint = self._load_own_checkpoint(checkpoint_file, trust=trust)
             self._load_model_state(checkpoint, checkpoint_file)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         if isinstance(eval_data, MultiTargetEvalLoader):  # eval_protocol: multi_target (validation and test)
@@ -288,8 +312,105 @@ class HistoryExclusionMixin:
         return interaction, scores, positive_u, positive_i
 
 
+class RetrievalMixin:
+    """``retrieval: faiss``: full-sort scores from a faiss search per interest instead of ``full_sort_predict``.
+
+    The index is built at the first batch of every evaluation (the model may have changed since the last one)
+    and kept in ``item_index`` for the rest of it. The items excluded from the ranking (padding, and the input
+    history with ``exclude_history_items``) are excluded from the search, which asks each interest for
+    ``max(topk)`` + their number (:func:`recbole_cmi.retrieval.retrieve`), so the exact path's history mask is
+    not needed. RecBole's collector and evaluator then compute the metrics from a score matrix:
+
+    * top-k metrics only (Recall, NDCG, Hit, MRR, Precision, MAP): a compact one, ``[users, max(topk) +
+      positives]``: the retrieved items' exact scores (a slot left empty: the lowest finite float), then one
+      -inf column per positive item that was not retrieved, and the positives mapped to their columns. The
+      collector's top-k and hits are those of the full ranking, at a cost that does not grow with the catalogue.
+    * metrics that read item ids (``rec.items``: ItemCoverage, AveragePopularity, ...): the full
+      ``[users, items]`` matrix, retrieved items scored, every other item -inf.
+    """
+
+    item_index = None
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        from recbole_cmi.retrieval import RetrievalSettings, check_model_supported, import_faiss
+
+        self.retrieval = RetrievalSettings.from_config(config)
+        if self.retrieval.mode != "faiss":
+            return
+        import_faiss()
+        check_model_supported(model)
+        if config["eval_protocol"] == "multi_target":
+            raise ConfigValueError("retrieval: faiss applies to eval_protocol loo; multi_target ranks exactly")
+        unranked = [need for need in ("rec.score", "rec.meanrank") if self.eval_collector.register.need(need)]
+        if unranked:
+            raise ConfigValueError(
+                f"retrieval: faiss ranks only each user's top max(topk) items; metrics {config['metrics']} need "
+                f"every item's score or rank ({', '.join(unranked)}): use top-k metrics or retrieval: exact"
+            )
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        self.item_index = None  # rebuilt from the weights this evaluation uses
+        return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def retrieve_batch(self, interaction):
+        """:class:`recbole_cmi.retrieval.Retrieved` top ``max(topk)`` items of a batch of users."""
+        from recbole_cmi.retrieval import build_item_index, interest_vectors, item_table, retrieve
+
+        model = self.model.module if hasattr(self.model, "module") else self.model  # DDP wraps the model
+        if self.item_index is None:
+            self.item_index = build_item_index(model, self.retrieval, self.device)
+            self.logger.info(
+                f"retrieval: {self.retrieval.describe()} index over {self.item_index.ntotal} items built in "
+                f"{self.item_index.build_seconds:.1f} s"
+            )
+        history_field = self.config["ITEM_ID_FIELD"] + self.config["LIST_SUFFIX"]
+        excluded = interaction[history_field] if self.config["exclude_history_items"] else None
+        interests = interest_vectors(model, interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN])
+        topk = self.config["topk"]
+        return retrieve(
+            self.item_index, interests, item_table(model), max(topk) if isinstance(topk, list) else topk, excluded
+        )
+
+    def _full_sort_batch_eval(self, batched_data):
+        if self.retrieval.mode != "faiss":
+            return super()._full_sort_batch_eval(batched_data)
+        interaction, history_index, positive_u, positive_i = batched_data
+        if history_index is not None:
+            raise ConfigValueError("retrieval: faiss is for sequential models (their full sort has no history index)")
+        interaction = interaction.to(self.device)
+        found = self.retrieve_batch(interaction)
+        if self.eval_collector.register.need("rec.items"):
+            scores = torch.full((len(interaction), self.tot_item_num), -torch.inf, device=self.device)
+            scores.scatter_(1, found.items, found.scores)  # empty slots point at item 0 with -inf
+            return interaction, scores, positive_u, positive_i
+        scores, rows, columns = compact_scores(found, positive_u.to(self.device), positive_i.to(self.device))
+        return interaction, scores, rows, columns
+
+
+def compact_scores(found, positive_u: torch.Tensor, positive_i: torch.Tensor):
+    """Score matrix ``[B, k + P]`` and the positives' columns in it (see :class:`RetrievalMixin`).
+
+    Column ``c < k`` of row ``b`` is the ``c``-th retrieved item; ``P`` is the most positives of one row, and a
+    row's positives that were not retrieved take its columns ``k, k + 1, ...`` (score -inf), so that the
+    collector counts them in the row's number of positives and never among its top k.
+    """
+    batch, k = found.items.shape
+    slots = found.scores.masked_fill(torch.isinf(found.scores), torch.finfo(found.scores.dtype).min)
+    pairs = torch.unique(torch.stack([positive_u, positive_i], dim=1), dim=0)  # sorted by row; duplicates once
+    rows, items = pairs[:, 0], pairs[:, 1]
+    match = found.items[rows] == items.unsqueeze(1)
+    counts = torch.bincount(rows, minlength=batch)
+    ordinal = torch.arange(len(rows), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    columns = torch.where(match.any(dim=1), match.int().argmax(dim=1), k + ordinal)
+    extra = int(counts.max()) if len(rows) else 0
+    scores = torch.cat([slots, slots.new_full((batch, extra), -torch.inf)], dim=1)
+    return scores, rows, columns
+
+
 #: What every trainer of a recbole_cmi run has on top of RecBole's (ours and core models' own trainers).
-PLUGIN_TRAINER_MIXINS = (CheckpointMixin, HistoryExclusionMixin)
+PLUGIN_TRAINER_MIXINS = (CheckpointMixin, RetrievalMixin, HistoryExclusionMixin)
 
 
 def _config_value(config, key):
@@ -327,9 +448,12 @@ class Trainer(*PLUGIN_TRAINER_MIXINS, RecBoleTrainer, DeviceAwareDDP):  # Device
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         loss_func = loss_func or self.model.calculate_loss
         names = getattr(self.model, "loss_names", None)
+        weight_keys = getattr(self.model, "loss_weight_keys", {})
+        first_step = [epoch_idx == self.start_epoch and not self._resumed]
 
         def checked(interaction):
             losses = loss_func(interaction)
+            before_any_update, first_step[0] = first_step[0], False
             terms = losses if isinstance(losses, tuple) else (losses,)
             for index, term in enumerate(terms):
                 if not torch.isfinite(term).all():
@@ -345,8 +469,15 @@ class Trainer(*PLUGIN_TRAINER_MIXINS, RecBoleTrainer, DeviceAwareDDP):  # Device
                     raise NonFiniteLossError(
                         f"training stopped at epoch {epoch_idx}: loss component '{name}' of "
                         f"{type(self.model).__name__} is {term.detach().float().sum().item()}{kept} "
-                        f"(try a lower learning_rate)"
+                        f"({self._non_finite_hint(name, weight_keys.get(name), before_any_update)})"
                     )
             return losses
 
         return super()._train_epoch(train_data, epoch_idx, checked, show_progress)
+
+    def _non_finite_hint(self, name, weight_key, before_any_update) -> str:
+        weight = f"{weight_key}={self.config[weight_key]}" if weight_key else None
+        if before_any_update:  # no optimiser step yet: the learning rate cannot be the cause
+            cause = f"the weight {weight}" if weight else "a setting of the model"
+            return f"it is not finite before the first update, so the cause is {cause}, not the learning rate"
+        return f"try a lower learning_rate{f', or a smaller {weight}' if weight else ''}"

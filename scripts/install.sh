@@ -15,6 +15,6 @@ TORCH=${TORCH:-torch==2.13.0}
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip
 $PIP install -q "$TORCH"
-$PIP install -q -e ".[tune,plot,test]"
+$PIP install -q -e ".[tune,plot,test,retrieval]"
 $PIP install -q --no-deps recbole==1.2.1
-$VENV/bin/python -c "import recbole_cmi, recbole, torch, ray; print('recbole', recbole.__version__, 'torch', torch.__version__, 'ray', ray.__version__)"
+$VENV/bin/python -c "import recbole_cmi, recbole, torch, ray, faiss; print('recbole', recbole.__version__, 'torch', torch.__version__, 'ray', ray.__version__, 'faiss', faiss.__version__)"

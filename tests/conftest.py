@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 from pathlib import Path
 
@@ -61,3 +63,14 @@ def tiny_config(tiny_data_root, tmp_path):
         return settings
 
     return make
+
+
+def call(main, argv):
+    """main(argv) -> (exit status, stdout, stderr); argparse errors exit through SystemExit."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(argv)
+        except SystemExit as exc:
+            status = exc.code
+    return status, out.getvalue(), err.getvalue()

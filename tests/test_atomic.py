@@ -58,7 +58,7 @@ def lines(*rows):
 def test_a_valid_file_passes_and_is_summarised(tmp_path):
     path = write(tmp_path, lines(HEADER, *ROWS))
     summary = validate_atomic_files(stub_config(tmp_path))
-    assert summary == {str(path): {"rows": 9, "users": 3, "max_user_rows": 3}}
+    assert summary == {str(path): {"rows": 9, "users": 3, "max_user_rows": 3, "columns": 3}}
     fields, frame = read_atomic_file(str(path))
     assert fields == [("user_id", "token"), ("item_id", "token"), ("timestamp", "float")]
     assert frame.shape == (9, 3)
@@ -73,7 +73,7 @@ def test_line_ends_and_blank_lines_are_read_as_recbole_reads_them(tmp_path):
 
 
 MALFORMED = [
-    ("missing", None, "missing atomic file"),
+    ("missing", None, "atomic file not found"),
     ("empty", "", "is empty: expected a header line"),
     ("blank header", lines("", *ROWS), "is empty"),
     ("header only", lines(HEADER), "has a header but no rows"),
@@ -139,7 +139,7 @@ def test_benchmark_files_are_each_validated(tmp_path):
             suffix=f"{part}.inter",
         )
     config = stub_config(tmp_path, benchmark_filename=["train", "valid", "test"], load_col=None)
-    with pytest.raises(DatasetError, match=r"missing atomic file .*d\.test\.inter"):
+    with pytest.raises(DatasetError, match=r"atomic file not found: .*d\.test\.inter"):
         validate_atomic_files(config)
 
 

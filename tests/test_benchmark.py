@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 import os
 import statistics
@@ -69,7 +70,7 @@ def test_two_models_two_seeds_write_the_csv_and_the_table_from_it(two_by_two):
     assert (outcome.csv_path, outcome.md_path, outcome.png_path) == (
         folder / "loo.csv", folder / "loo.md", folder / "loo.png",
     )  # fmt: skip
-    assert sorted(os.listdir(folder)) == ["loo.csv", "loo.md", "loo.png"]  # no temporary file left behind
+    assert sorted(os.listdir(folder)) == ["loo-curves.png", "loo.csv", "loo.md", "loo.png"]  # no temporary file
     rows = [r for r in report.read_runs(outcome.csv_path) if r["status"] == "ok"]
     assert [(r["model"], r["seed"]) for r in rows] == [
         ("SASRec", "2022"), ("GRU4Rec", "2022"), ("SASRec", "2023"), ("GRU4Rec", "2023"),
@@ -362,3 +363,95 @@ def test_a_refresh_with_fewer_models_and_seeds_keeps_the_other_runs_and_says_so(
     assert "- **Seeds**: 2022, 2023; cells are" in text  # ComiRecSA never finished: not an uneven model
     assert text.count("| 2/2 |") == 2  # SASRec and GRU4Rec keep both seeds in the table
     assert "outside this command's `--models` × `--seeds`: SASRec seed 2023; GRU4Rec seeds 2022, 2023." in text
+
+
+def test_every_run_records_its_validation_curve_and_whether_it_hit_the_epoch_cap(two_by_two):
+    outcome, given = two_by_two
+    rows = [r for r in report.read_runs(outcome.csv_path) if r["status"] == "ok"]
+    for row in rows:
+        curve = json.loads(row["valid_curve"])
+        assert curve["epoch"] == [1] and set(curve) == {"epoch", "train_s", "ndcg@20"}  # NDCG@20 validates here
+        assert curve["ndcg@20"] == [float(row["best_valid_score"])]
+        assert curve["train_s"][0] == pytest.approx(float(row["train_s_per_epoch"]), abs=0.006)  # rounded to 0.01
+        assert row["stopped_early"] == "False" and report.hit_cap(row)  # 1 epoch of 1: the cap ended every run
+    text = outcome.md_path.read_text()
+    assert "- **Epoch cap reached** by 4 of 4 finished runs (those runs may not have converged: flagged ⚠" in text
+    assert text.count("| **2/2 ⚠** |") == 2  # the at-cap column of SASRec and GRU4Rec
+    assert "![validation curves](loo-curves.png)" in text and "| SASRec | 2022 | 1 | 1 |" in text
+    assert png_size(outcome.curves_path) == (700, 420)
+
+
+def test_the_other_convention_is_the_number_of_a_run_configured_so(two_by_two, tiny_data_root, tmp_path):
+    outcome, _ = two_by_two  # history ranked (the tiny dataset's default); one epoch, so one checkpoint per run
+    ranked = next(r for r in report.read_runs(outcome.csv_path) if (r["model"], r["seed"]) == ("SASRec", "2022"))
+    given = settings(tiny_data_root, tmp_path, models=["SASRec"], seeds=1, overrides={"exclude_history_items": True})
+    (excluded,) = report.read_runs(run_benchmark(given).csv_path)
+    assert (ranked["history_excluded"], excluded["history_excluded"]) == ("False", "True")
+    metrics = [key[len("test_") :] for key in ranked if key.startswith("test_")]
+    assert len(metrics) == 9
+    for key in metrics:  # the same training, scored both ways by each run
+        assert (
+            excluded[f"alt_test_{key}"] == ranked[f"test_{key}"]
+            and excluded[f"test_{key}"] == ranked[f"alt_test_{key}"]
+        )
+    assert any(excluded[f"test_{key}"] != ranked[f"test_{key}"] for key in metrics)
+    assert "## Both ranking conventions" in outcome.md_path.read_text()
+
+
+def test_an_interrupted_run_continues_from_its_last_checkpoint_with_resume(tiny_data_root, tmp_path, monkeypatch):
+    """Two benchmark runs of 4 epochs (the resumed one and a fresh one to compare): ~30 s on the shared cores."""
+    from recbole_cmi import trainer as trainer_module
+    from recbole_cmi.benchmark import accuracy
+
+    four_epochs = {"epochs": 4, "stopping_step": 10}
+    given = settings(tiny_data_root, tmp_path / "a", models=["SASRec"], seeds=1, resume=True, overrides=four_epochs)
+    spec = accuracy.prepare_run(given, "SASRec", 2022, shared_config(given), Path(given.work_dir))
+    original = trainer_module.Trainer._save_last_checkpoint
+
+    def killed_after_two_epochs(self, epoch):
+        original(self, epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module.Trainer, "_save_last_checkpoint", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        accuracy.train_and_test(spec)  # the run's own steps, in this process, stopped after epoch 2
+    monkeypatch.setattr(trainer_module.Trainer, "_save_last_checkpoint", original)
+    assert len(json.loads(Path(spec["progress"]).read_text())["train_seconds"]) == 2
+
+    (resumed,) = report.read_runs(run_benchmark(given).csv_path)  # --resume: epochs 3 and 4 only
+    fresh_settings = settings(tiny_data_root, tmp_path / "b", models=["SASRec"], seeds=1, overrides=four_epochs)
+    (fresh,) = report.read_runs(run_benchmark(fresh_settings).csv_path)
+    assert (resumed["resumed_at_epoch"], fresh["resumed_at_epoch"]) == ("2", "0")
+    assert resumed["epochs_run"] == fresh["epochs_run"] == "4" and resumed["best_epoch"] == fresh["best_epoch"]
+    curves = [json.loads(row["valid_curve"]) for row in (resumed, fresh)]
+    assert curves[0]["epoch"] == [1, 2, 3, 4] and curves[0]["ndcg@20"] == curves[1]["ndcg@20"]
+    metrics = [key for key in fresh if key.startswith(("test_", "alt_test_"))]
+    assert [resumed[key] for key in metrics] == [fresh[key] for key in metrics]  # the same training, exactly
+    assert not (Path(given.work_dir) / "SASRec-seed2022" / "saved").exists()  # cleaned up once it ended
+
+
+def test_a_higher_epoch_cap_keeps_the_runs_early_stopping_ended_and_reruns_the_capped(tiny_data_root, tmp_path, capsys):
+    from recbole_cmi.benchmark.accuracy import _previous_rows
+
+    low = settings(tiny_data_root, tmp_path, resume=True, overrides={"epochs": 2})
+    sha = config_sha(low, shared_config(low))
+    common = {"dataset": "tiny", "protocol": "loo", "config_sha": sha, "epochs": "2", "epochs_run": "2"}
+    rows = [
+        {**common, "model": "SASRec", "seed": "2022", "status": "ok", "stopped_early": "True", "test_ndcg@20": "0.2"},
+        {**common, "model": "GRU4Rec", "seed": "2022", "status": "ok", "stopped_early": "False"},  # at the cap
+        {**common, "model": "SASRec", "seed": "2023", "status": "failed"},
+    ]
+    csv_path = tmp_path / "loo.csv"
+    report.write_runs(csv_path, rows)
+    high = dataclasses.replace(low, overrides={**low.overrides, "epochs": 5})
+    kept = _previous_rows(csv_path, high, shared_config(high), {})
+    assert [(r["model"], r["seed"], r["test_ndcg@20"]) for r in kept] == [("SASRec", "2022", "0.2")]
+    assert kept[0]["config_sha"] == config_sha(high, shared_config(high)) != sha
+    assert "run again: GRU4Rec seed 2022, SASRec seed 2023" in capsys.readouterr().out
+    lower = dataclasses.replace(low, overrides={**low.overrides, "epochs": 1})  # a lower cap is another config
+    with pytest.raises(ConfigValueError, match="another shared config"):
+        _previous_rows(csv_path, lower, shared_config(lower), {})
+    other = dataclasses.replace(high, overrides={**high.overrides, "train_batch_size": 32})  # and so is any other key
+    with pytest.raises(ConfigValueError, match="another shared config"):
+        _previous_rows(csv_path, other, shared_config(other), {})

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import runpy
 import sys
 
 import pytest
-from conftest import REPO_ROOT, TINY_SETTINGS
+from conftest import REPO_ROOT, TINY_SETTINGS, call
 
-from recbole_cmi.compat import load_checkpoint
+from recbole_cmi.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -22,17 +20,6 @@ def cli_args(data_root, checkpoint_dir, **overrides):
     settings = dict(TINY_SETTINGS, data_path=str(data_root), checkpoint_dir=str(checkpoint_dir))
     settings.update(overrides)
     return ["--model=SASRec", "--dataset=tiny"] + [f"--{key}={value}" for key, value in settings.items()]
-
-
-def call(main, argv):
-    """main(argv) -> (exit status, stdout, stderr); argparse errors exit through SystemExit."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(argv)
-        except SystemExit as exc:
-            status = exc.code
-    return status, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +112,7 @@ BAD_INPUTS = [
     (["--model=NoSuchModel"], None, "error: unknown model 'NoSuchModel'"),
     (["--model=ComiRec"], None, "Did you mean: ComiRecSA, ComiRecDR"),
     (["--dataset=nope"], None, "error: unknown dataset 'nope': no folder "),
-    (["--dataset=no_file"], "bad", "error: missing atomic file "),
+    (["--dataset=no_file"], "bad", "error: atomic file not found: "),
     (["--dataset=bad_type"], "bad", "header column 'item_id:tokn' must be 'name:type'"),
     (["--dataset=column_count"], "bad", "column_count.inter, line 6: 2 values for 3 header columns"),
     (["--dataset=text_time"], "bad", "line 6: column 'timestamp' is declared float but holds 'yesterday'"),
@@ -141,7 +128,7 @@ BAD_INPUTS = [
     (["--MAX_ITEM_LIST_LENGTH=1"], None, "invalid config value MAX_ITEM_LIST_LENGTH=1 (an integer >= 2"),
     (["--epochs=abc"], None, "invalid config value epochs='abc' (an integer >= 0"),
     (["--train_batch_size=0"], None, "invalid config value train_batch_size=0 (an integer >= 1)"),
-    (["--learning_rate=-1"], None, "invalid config value learning_rate=-1 (a number > 0)"),
+    (["--learning_rate=-1"], None, "invalid config value learning_rate=-1 (a finite number > 0)"),
     (["--valid_metric=NDCG@7"], None, "valid_metric='NDCG@7' (one of recall@10"),
     (["--metrics=['Foo']"], None, "'Foo' unknown; RecBole has auc"),
     (["--config_files=missing.yaml"], None, "error: config file not found: missing.yaml"),
@@ -172,7 +159,9 @@ def test_invalid_yaml_config_file(main, tiny_data_root, tmp_path):
     bad.write_text("epochs: [1,\n", encoding="utf-8")
     status, _, err = call(main, cli_args(tiny_data_root, tmp_path / "saved") + [f"--config_files={bad}"])
     assert status == 2
-    assert err.strip().splitlines() == [err.strip()] and err.startswith("error: config file is not valid yaml")
+    assert (
+        err.strip().splitlines() == [err.strip()] and err.startswith("error: config file ") and "not valid yaml" in err
+    )
 
 
 def test_unexpected_failures_are_one_line_too(main, tiny_data_root, tmp_path, monkeypatch):

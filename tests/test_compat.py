@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from recbole.config.configurator import Config as RecBoleConfig
 from recbole.model.sequential_recommender.sasrec import SASRec
 
 from recbole_cmi import compat
+from recbole_cmi.checkpoint import FORMAT, load_checkpoint
 from recbole_cmi.quick_start import run_recbole_cmi
 from recbole_cmi.utils import get_model
 
@@ -139,14 +139,15 @@ def test_training_runs_with_anomaly_mode_off(anomaly_run):
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-def test_recbole_checkpoint_needs_weights_only_false_and_only_our_loader_passes_it(anomaly_run, monkeypatch):
+def test_our_checkpoints_load_with_torchs_safe_default(anomaly_run, monkeypatch):
     result, _, _ = anomaly_run
     path = result["saved_model_file"]
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
-    # Our package switches nothing off globally: torch.load is torch's own, with its safe default.
+    # Our package switches nothing off globally: torch.load is torch's own, with its safe default,
+    # and our checkpoints hold only what that default accepts.
     assert torch.load is torch.serialization.load
-    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        torch.load(path)
-    checkpoint = compat.load_checkpoint(path)
-    assert checkpoint["config"]["model"] == "SASRec"  # the pickled Config is why weights_only must be False
+    raw = torch.load(path)
+    assert raw["format"] == FORMAT and raw["config"]["final"]["model"] == "SASRec"
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["config"]["model"] == "SASRec"
     assert "item_embedding.weight" in checkpoint["state_dict"]

@@ -218,7 +218,7 @@ def test_dataset_folder_without_atomic_files_fails_before_recbole_would_download
     monkeypatch.setattr(recbole_dataset.Dataset, "_download", lambda *a, **k: pytest.fail("download attempted"))
     (tmp_path / "dataset" / "empty_data").mkdir(parents=True)
     config = Config("SASRec", "empty_data", config_dict={"gpu_id": "", "state": "ERROR"}, read_argv=False)
-    with pytest.raises(DatasetError, match="missing atomic file .*empty_data.inter"):
+    with pytest.raises(DatasetError, match="atomic file not found: .*empty_data.inter"):
         create_dataset(config)
 
 

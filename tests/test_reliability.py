@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from recbole.model.sequential_recommender.sasrec import SASRec
 
-from recbole_cmi.compat import load_checkpoint
+from recbole_cmi.checkpoint import load_checkpoint
 from recbole_cmi.config import Config
 from recbole_cmi.data.dataloader import data_preparation
 from recbole_cmi.errors import CheckpointError, DatasetError

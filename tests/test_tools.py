@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import os
 
@@ -12,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_SETTINGS
+from conftest import TINY_SETTINGS, call
 from recbole.data.interaction import Interaction
 
 from recbole_cmi import inspect as inspect_cli
@@ -25,17 +23,6 @@ from recbole_cmi.tools.inspect import pca_2d
 from recbole_cmi.tools.robustness import parse_models, perturb_histories
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def call(main, argv):
-    """main(argv) -> (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(argv)
-        except SystemExit as exc:
-            status = exc.code
-    return status, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

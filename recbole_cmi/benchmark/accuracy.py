@@ -2,7 +2,8 @@
 
     python -m recbole_cmi.benchmark accuracy --dataset=micro_video \\
         --models=CMI,SASRec,GRU4Rec,ComiRecSA,ComiRecDR,CL4SRec --seeds=3 [--protocol=loo|multi_target] \\
-        [--config_files="a.yaml b.yaml"] [--<key>=<value> ...] [--out=results/] [--resume]
+        [--tuned[=DIR]] [--conventions=both|config] [--config_files="a.yaml b.yaml"] [--<key>=<value> ...] \\
+        [--out=results/] [--resume]
 
 * **One shared config.** Every run gets the same config dict: ``eval_protocol``, ``embedding_size`` and
   ``hidden_size`` (d = 64 unless given: models read one or the other), ``metrics``, ``topk``
@@ -13,6 +14,22 @@
   ``properties/overall.yaml`` unless given. Model yaml files still set what is the model's own (its
   loss, its learning rate); the table lists the resolved values per model. Early stopping and the
   best checkpoint use the validation metric only; the test set is evaluated once per run.
+* **Tuned values** (``--tuned``, ``--tuned=DIR``): every model runs with ``<DIR>/<dataset>/<Model>.yaml``
+  (default DIR ``properties/tuned``, what ``python -m recbole_cmi.benchmark tune`` writes), given as the first
+  config file, over its published defaults (``use_tuned_values: False`` drops the package's own tuned layer, so
+  nothing else is mixed in); a model without that file stops the benchmark before any run. Without ``--tuned``
+  the config layers apply as in every run (``properties/tuned/<dataset>/<Model>.yaml`` where it exists). Either
+  way each row records the tuned file it ran with and its values, and the table lists them.
+* **Convergence**: early stopping on the validation metric (``stopping_step``), ``epochs`` the cap. Each row
+  records whether early stopping ended the run (``stopped_early``); the table flags the runs that reached the cap
+  instead. Every validation is recorded with the training seconds so far (``valid_curve``: NDCG@20 and the
+  validation metric), and ``<protocol>-curves.png`` draws validation NDCG@20 against training seconds, one seed
+  per model.
+* **Both ranking conventions** (``--conventions=both``, the default): the best checkpoint is evaluated on the test
+  set as configured (``test_*``: the headline; ``history_excluded`` says which convention that is) and once more
+  with the other convention (``alt_test_*``): history items excluded (the CMI authors' retrieval) or ranked
+  (RecBole's default). Validation, early stopping and the checkpoint follow the configured one only, so the second
+  number costs one test evaluation, not a training. ``--conventions=config`` skips it.
 * **Seeds** 2022, 2023, ...: ``--seeds=N`` runs N of them; all models run with one seed before the
   next seed starts, so a stopped benchmark has comparable numbers early.
 * **Isolation.** A run is ``python -m recbole_cmi.benchmark accuracy --run_spec=<json>`` in its own
@@ -21,12 +38,17 @@
   error, a crash, ``--run_timeout`` seconds exceeded) is recorded with a one-line error and the
   benchmark goes on.
 * **Output.** After every run ``<out>/<dataset>/<protocol>.csv`` (one row per run), ``.md`` (per
-  model mean ± sample std over seeds, epochs run, training seconds per epoch, test evaluation
-  seconds, peak memory; a paired t-test over seeds of CMI against each baseline; the dataset's
+  model mean ± sample std over seeds, epochs run, best epoch, runs at the epoch cap, training seconds
+  per epoch, test evaluation seconds, peak memory; both ranking conventions; a paired t-test over seeds of
+  CMI against each baseline (for each convention); the validation curves; the tuned values; the dataset's
   statistics, the command, the shared config, package versions, the machine) and ``.png`` (a chart
-  of two test metrics; skipped where matplotlib is missing) are rewritten atomically, so a killed
+  of two test metrics; skipped where matplotlib is missing) and ``<protocol>-curves.png`` are rewritten
+  atomically, so a killed
   benchmark keeps what finished. ``--resume`` skips the runs that finished in that csv (failed ones
-  run again); the csv must come from the same shared config (its ``config_sha``).
+  run again); the csv must come from the same shared config (its ``config_sha``), except for a higher
+  ``--epochs``: then the runs that early stopping ended are kept and those that reached the old cap run
+  again. With the same ``--work_dir``, a run that was interrupted continues from its last checkpoint
+  (``progress.json`` and the ``-last`` checkpoint in its folder) rather than from epoch 0.
 * **Measured in the run's process**: the seconds of every training epoch and validation, of the
   test-set evaluation, the peak resident set size (``ru_maxrss``) and, on a GPU,
   ``torch.cuda.max_memory_allocated``.
@@ -52,6 +74,8 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+
+import yaml
 
 from recbole_cmi.benchmark import report
 from recbole_cmi.cli import OneLineArgumentParser, run_cli
@@ -80,6 +104,9 @@ PROTOCOLS = {
     },
 }
 RUN_LOG = "run.log"
+PROGRESS_FILE = "progress.json"  # a run's epochs so far, rewritten at every validation (for --resume)
+DEFAULT_TUNED = "properties/tuned"  # --tuned without a folder: the package's own (properties_dir() / "tuned")
+CONVENTIONS = ("both", "config")
 
 
 @dataclass
@@ -96,6 +123,8 @@ class BenchmarkSettings:
     work_dir: str | None = None
     note: str = ""
     command: str = ""
+    tuned: str | None = None  # the folder of <dataset>/<Model>.yaml tuned files every model runs with
+    conventions: str = "both"  # "both": the test set also under the other ranking convention; "config": as set
 
 
 @dataclass
@@ -105,6 +134,7 @@ class BenchmarkOutcome:
     md_path: Path
     png_path: Path | None  # None where no chart was drawn (no finished run, no matplotlib)
     work_dir: Path
+    curves_path: Path | None = None  # validation curves; None where none was drawn
 
 
 # ---------------------------------------------------------------- command line
@@ -122,10 +152,29 @@ def build_parser() -> OneLineArgumentParser:
     parser.add_argument("--protocol", default="loo", help="loo (RecBole leave-one-out) or multi_target (the paper's)")
     parser.add_argument("--config_files", nargs="*", default=None, help="yaml files shared by every run")
     parser.add_argument("--out", default="results", help="writes <out>/<dataset>/<protocol>.md, .csv and .png")
-    parser.add_argument("--resume", action="store_true", help="skip the runs that finished in the existing csv")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the runs that finished in the existing csv; with the same --work_dir, continue interrupted runs",
+    )
     parser.add_argument("--run_timeout", type=float, default=None, help="seconds after which a run is stopped")
     parser.add_argument("--work_dir", default=None, help="folder for the runs' logs (default: a new temp folder)")
     parser.add_argument("--note", default="", help="a line shown at the top of the table")
+    parser.add_argument(
+        "--tuned",
+        nargs="?",
+        const=DEFAULT_TUNED,
+        default=None,
+        metavar="DIR",
+        help="run every model with DIR/<dataset>/<Model>.yaml (default DIR: properties/tuned, written by "
+        "`python -m recbole_cmi.benchmark tune`); a missing file stops the benchmark before any run",
+    )
+    parser.add_argument(
+        "--conventions",
+        default="both",
+        help="both (default): also evaluate each run's best checkpoint on the test set with history items ranked "
+        "if they were excluded, or excluded if they were ranked; config: only as configured",
+    )
     parser.add_argument("--run_spec", default=None, help=argparse.SUPPRESS)  # one run, in the subprocess
     return parser
 
@@ -173,12 +222,15 @@ def main(argv=None) -> int:
         work_dir=args.work_dir,
         note=args.note,
         command=shlex.join(["python", "-m", "recbole_cmi.benchmark", "accuracy", *argv]),
+        tuned=args.tuned,
+        conventions=args.conventions,
     )
 
     def action():
         outcome = run_benchmark(settings)
         ok = sum(1 for row in outcome.rows if row.get("status") == "ok")
         chart = f"; chart: {outcome.png_path}" if outcome.png_path else ""
+        chart += f"; validation curves: {outcome.curves_path}" if outcome.curves_path else ""
         print(f"{ok}/{len(outcome.rows)} runs finished; table: {outcome.md_path}; runs: {outcome.csv_path}{chart}")
         print(f"run logs: {outcome.work_dir}")
 
@@ -193,15 +245,24 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkOutcome:
     models = _check_settings(settings)
     shared = shared_config(settings)
     sha = config_sha(settings, shared)
+    tuned = {model: tuned_source(settings, model, shared) for model in models}
+    if settings.tuned:  # the shared config dict outranks config files: it would silently undo a tuned value
+        clashes = [f"{key} ({model})" for model, source in tuned.items() for key in source[1] if key in shared]
+        if clashes:
+            raise ConfigValueError(
+                f"--tuned: the shared config (the benchmark's d = 64 and the --key=value options) sets "
+                f"{', '.join(clashes)}, which would override the tuned value; drop that option or that key"
+            )
     out = Path(settings.out) / settings.dataset
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path, png_path = (out / f"{settings.protocol}{suffix}" for suffix in (".csv", ".md", ".png"))
+    curves_path = out / f"{settings.protocol}{report.CURVES_SUFFIX}"
     if settings.resume and not csv_path.is_file():
         # Earlier versions wrote <out>/<dataset>-<protocol>.csv: point at it rather than rerun silently.
         old = Path(settings.out) / f"{settings.dataset}-{settings.protocol}.csv"
         hint = f" ({old} is of the earlier layout: move it there to resume it)" if old.is_file() else ""
         print(f"--resume: no {csv_path} yet, every run starts{hint}")
-    rows = _previous_rows(csv_path, sha) if settings.resume else []
+    rows = _previous_rows(csv_path, settings, shared, tuned if settings.tuned else {}) if settings.resume else []
     done = {(row["model"], str(row["seed"])) for row in rows if row.get("status") == "ok"}
     seeds = [FIRST_SEED + i for i in range(settings.seeds)]
     plan = [(seed, model) for seed in seeds for model in models if (model, str(seed)) not in done]
@@ -210,15 +271,18 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkOutcome:
     work_dir.mkdir(parents=True, exist_ok=True)
     meta = report_meta(settings, models, seeds, shared, csv_path)
     chart_notes = []  # why the chart was skipped, each said once (not after every run)
+    curves = {"drawn": False}
 
     def publish(rows):
         report.write_runs(csv_path, rows)
         meta["dataset_stats"] = _dataset_stats(rows) or meta.get("dataset_stats")
         meta["written"] = _now()
-        why = report.write_report(md_path, rows, meta, png_path)
-        if why and why not in chart_notes:
-            chart_notes.append(why)
-            print(why, flush=True)
+        why, curves_why = report.write_report(md_path, rows, meta, png_path, curves_path)
+        curves["drawn"] = curves_why is None
+        for note in (why, curves_why):
+            if note and note not in chart_notes:
+                chart_notes.append(note)
+                print(note, flush=True)
         return why is None
 
     if done:
@@ -226,27 +290,28 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkOutcome:
     charted = False
     for index, (seed, model) in enumerate(plan, 1):
         print(f"[{index}/{len(plan)}] {model} seed {seed} ...", flush=True)
-        row = run_one(settings, model, seed, shared, sha, work_dir)
+        row = run_one(settings, model, seed, shared, sha, work_dir, tuned[model])
         rows = [r for r in rows if not (r["model"] == model and str(r["seed"]) == str(seed))] + [row]
         charted = publish(rows)
         print(f"[{index}/{len(plan)}] {model} seed {seed}: {_progress_line(row)}", flush=True)
     if not plan:  # nothing left to run: refresh the table (and chart) from the csv
         charted = publish(rows)
     png = png_path if charted else None
-    return BenchmarkOutcome(rows=rows, csv_path=csv_path, md_path=md_path, png_path=png, work_dir=work_dir)
+    drawn = curves_path if curves["drawn"] else None
+    return BenchmarkOutcome(rows, csv_path, md_path, png, work_dir, drawn)
 
 
 def _check_settings(settings: BenchmarkSettings) -> list[str]:
-    from recbole_cmi.utils import get_model
-
     if settings.protocol not in PROTOCOLS:
         raise ConfigValueError(f"--protocol={settings.protocol!r} (one of {', '.join(PROTOCOLS)})")
     if not isinstance(settings.seeds, int) or settings.seeds < 1:
         raise ConfigValueError(f"--seeds={settings.seeds!r} (an integer >= 1: the number of seeds)")
-    if not settings.models:
-        raise ConfigValueError("--models is empty (comma-separated model names, e.g. CMI,SASRec)")
     if settings.run_timeout is not None and settings.run_timeout <= 0:
         raise ConfigValueError(f"--run_timeout={settings.run_timeout!r} (seconds > 0)")
+    if settings.conventions not in CONVENTIONS:
+        raise ConfigValueError(f"--conventions={settings.conventions!r} (one of {', '.join(CONVENTIONS)})")
+    if settings.tuned and "use_tuned_values" in settings.overrides:
+        raise ConfigValueError("--use_tuned_values is set by --tuned (False: only the --tuned file is layered)")
     for key in ("seed", "checkpoint_dir", "eval_protocol"):
         if key in settings.overrides:
             option = {"seed": "--seeds", "checkpoint_dir": "--work_dir", "eval_protocol": "--protocol"}[key]
@@ -254,7 +319,25 @@ def _check_settings(settings: BenchmarkSettings) -> list[str]:
     for path in settings.config_files:
         if not os.path.isfile(path):
             raise ConfigValueError(f"config file not found: {path}")
-    models = [get_model(name).__name__ for name in settings.models]  # unknown names fail here, before any run
+    models = model_names(settings.models)
+    if settings.tuned:
+        folder = tuned_dir(settings.tuned) / settings.dataset
+        missing = [model for model in models if not (folder / f"{model}.yaml").is_file()]
+        if missing:
+            raise ConfigValueError(
+                f"--tuned: no tuned file for {', '.join(missing)} in {folder} (write them with python -m "
+                f"recbole_cmi.benchmark tune --dataset={settings.dataset} --models={','.join(missing)} ...)"
+            )
+    return models
+
+
+def model_names(names: list[str]) -> list[str]:
+    """The model classes' names for ``--models`` (an unknown name fails here, before any run); each at most once."""
+    from recbole_cmi.utils import get_model
+
+    if not names:
+        raise ConfigValueError("--models is empty (comma-separated model names, e.g. CMI,SASRec)")
+    models = [get_model(name).__name__ for name in names]
     duplicates = sorted({m for m in models if models.count(m) > 1})
     if duplicates:
         raise ConfigValueError(f"--models names {', '.join(duplicates)} more than once")
@@ -274,6 +357,8 @@ def shared_config(settings: BenchmarkSettings) -> dict:
     elif os.path.isdir(os.path.join("dataset", settings.dataset)):  # what Config would find in this folder
         shared["data_path"] = os.path.abspath("dataset")
     shared["show_progress"] = False
+    if settings.tuned:
+        shared["use_tuned_values"] = False  # the --tuned file is each model's only tuned layer
     return shared
 
 
@@ -284,36 +369,112 @@ def config_sha(settings: BenchmarkSettings, shared: dict) -> str:
         "config_files": [os.path.abspath(p) for p in settings.config_files],
         "shared": shared,
     }
+    if settings.tuned:  # only then: csv files of earlier versions keep their sha
+        key["tuned_dir"] = str(tuned_dir(settings.tuned))
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _previous_rows(csv_path: Path, sha: str) -> list[dict]:
-    rows = report.read_runs(csv_path)
+def _previous_rows(csv_path: Path, settings: BenchmarkSettings, shared: dict, tuned: dict) -> list[dict]:
+    """The csv's rows, if they ran the same shared config (and, under --tuned, the same tuned files as now).
+
+    One difference is accepted: a higher ``--epochs`` than the rows had (the table flagged runs at the epoch cap and
+    the cap went up). A run that early stopping ended is the same run under any higher cap, so it is kept (under
+    this config's sha); a run that reached the old cap is dropped, so it runs again.
+    """
+    sha = config_sha(settings, shared)
+    rows, raised = [], []
+    for row in report.read_runs(csv_path):
+        if row.get("config_sha") != sha and _lower_cap_of(row, settings, shared):
+            if row.get("status") == "ok" and not report.hit_cap(row):
+                row = {**row, "config_sha": sha}
+            else:
+                raised.append(f"{row['model']} seed {row['seed']}")
+                continue
+        rows.append(row)
+    if raised:
+        print(f"--resume: the epoch cap is now {shared['epochs']}; these runs reached the old cap (or failed) and run "
+              f"again: {', '.join(raised)}", flush=True)  # fmt: skip
     other = sorted({row.get("config_sha", "") for row in rows} - {sha})
     if other:
         raise ConfigValueError(
             f"--resume: {csv_path} holds runs of another shared config (config_sha {', '.join(other)}, this one "
             f"{sha}); give the same options and config files, or run without --resume to start afresh"
         )
+    changed = sorted(
+        {
+            row["model"]
+            for row in rows
+            if row["model"] in tuned and row.get("status") == "ok" and row.get("tuned_sha") != tuned[row["model"]][2]
+        }
+    )
+    if changed:
+        raise ConfigValueError(
+            f"--resume: the tuned file of {', '.join(changed)} changed since its runs in {csv_path} (tuned_sha): "
+            "their numbers are of other values; run without --resume to start afresh"
+        )
     return rows
 
 
-def run_one(settings: BenchmarkSettings, model: str, seed: int, shared: dict, sha: str, work_dir: Path) -> dict:
-    """One run in a subprocess; always returns a csv row (status ``ok`` or ``failed``)."""
-    run_dir = work_dir / f"{model}-seed{seed}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    spec = {
-        "model": model,
-        "dataset": settings.dataset,
-        "config_files": [os.path.abspath(p) for p in settings.config_files],
-        "config_dict": {**shared, "seed": seed, "checkpoint_dir": str(run_dir / "saved")},
-        "result": str(run_dir / "result.json"),
-    }
+def _lower_cap_of(row: dict, settings: BenchmarkSettings, shared: dict) -> bool:
+    """Whether ``row`` ran this very shared config but for a lower ``epochs`` (given as ``--epochs``)."""
+    cap = report._number(row.get("epochs"))
+    if not isinstance(shared.get("epochs"), int) or cap is None or not cap.is_integer() or cap >= shared["epochs"]:
+        return False
+    return row.get("config_sha") == config_sha(settings, {**shared, "epochs": int(cap)})
+
+
+def tuned_dir(value: str) -> Path:
+    """``--tuned``'s folder; its default is the package's own ``properties/tuned``, wherever that is installed."""
+    if value == DEFAULT_TUNED:
+        from recbole_cmi.paths import properties_dir
+
+        return properties_dir() / "tuned"
+    return Path(value).resolve()
+
+
+def tuned_source(settings: BenchmarkSettings, model: str, shared: dict) -> tuple[Path, dict, str] | None:
+    """The tuned file a run of ``model`` reads, its values and the sha of its text; None where there is none.
+
+    With ``--tuned`` it is ``<DIR>/<dataset>/<Model>.yaml``; without, the package's tuned layer, where it exists
+    and ``use_tuned_values`` is not False. The file must hold a yaml mapping (key: value lines).
+    """
+    if settings.tuned:
+        path = tuned_dir(settings.tuned) / settings.dataset / f"{model}.yaml"
+    else:
+        from recbole_cmi.config import tuned_layer_path
+
+        if shared.get("use_tuned_values", True) is False:
+            return None
+        path = tuned_layer_path(model, settings.dataset)
+        if not path.is_file():
+            return None
+    text = path.read_text(encoding="utf-8")
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ConfigValueError(f"tuned file {path} is not valid yaml: {first}") from err
+    if not isinstance(values, dict):
+        raise ConfigValueError(f"tuned file {path} must hold 'key: value' lines (a yaml mapping)")
+    return path, values, hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_one(
+    settings: BenchmarkSettings, model: str, seed: int, shared: dict, sha: str, work_dir: Path, tuned=None
+) -> dict:
+    """One run in a subprocess; always returns a csv row (status ``ok`` or ``failed``).
+
+    ``tuned``: ``tuned_source``'s answer for this model; under ``--tuned`` its file is the run's first config file.
+    """
+    spec = prepare_run(settings, model, seed, shared, work_dir, tuned)
+    run_dir = Path(spec["result"]).parent
     spec_path = run_dir / "spec.json"
-    write_json(spec_path, spec)
     row = {"dataset": settings.dataset, "protocol": settings.protocol, "model": model, "seed": seed}
     row["config_sha"] = sha
+    if tuned:
+        row["tuned_file"] = _display_path(tuned[0])
+        row["tuned_values"] = json.dumps(report.plain(tuned[1]), separators=(", ", ": "))
+        row["tuned_sha"] = tuned[2]
     command = [sys.executable, "-m", "recbole_cmi.benchmark", "accuracy", f"--run_spec={spec_path}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     package_root = str(Path(__file__).resolve().parents[2])  # the child imports this very recbole_cmi
@@ -338,7 +499,62 @@ def run_one(settings: BenchmarkSettings, model: str, seed: int, shared: dict, sh
         row.update(status="failed", error=f"exit status {returncode}: {_last_line(log_path)}")
     row.setdefault("total_s", round(elapsed, 1))
     shutil.rmtree(run_dir / "saved", ignore_errors=True)
+    (run_dir / PROGRESS_FILE).unlink(missing_ok=True)  # ended (finished or failed): nothing to continue
     return row
+
+
+def prepare_run(settings: BenchmarkSettings, model: str, seed: int, shared: dict, work_dir: Path, tuned=None) -> dict:
+    """The run's folder and ``spec.json``; returns the spec.
+
+    With ``--resume``, a folder left by an interrupted run of the same spec (its last checkpoint and
+    ``progress.json``, the epochs' seconds and validations so far) is kept, and the run continues from that
+    checkpoint (``recbole_cmi.trainer``: the same weights, optimizer and random states) instead of starting over.
+    Otherwise the folder starts empty.
+    """
+    run_dir = work_dir / f"{model}-seed{seed}"
+    config_files = [os.path.abspath(p) for p in settings.config_files]
+    if settings.tuned and tuned:
+        config_files.insert(0, str(tuned[0]))  # the user's own config files still win
+    spec = {
+        "model": model,
+        "dataset": settings.dataset,
+        "config_files": config_files,
+        "config_dict": {**shared, "seed": seed, "checkpoint_dir": str(run_dir / "saved")},
+        "result": str(run_dir / "result.json"),
+        "conventions": settings.conventions,
+        "progress": str(run_dir / PROGRESS_FILE),
+    }
+    last = _interrupted_checkpoint(run_dir, spec) if settings.resume else None
+    if last is None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+    else:
+        spec["resume_from"] = str(last)
+        Path(spec["result"]).unlink(missing_ok=True)  # a result must come from this attempt
+        print(f"  continuing {model} seed {seed} from {last}", flush=True)
+    write_json(run_dir / "spec.json", spec)
+    return spec
+
+
+def _interrupted_checkpoint(run_dir: Path, spec: dict) -> Path | None:
+    """The ``-last`` checkpoint an interrupted run of ``spec`` left in ``run_dir``; None if there is none to use."""
+    from recbole_cmi.trainer import last_checkpoint_path
+
+    earlier = _read_result(run_dir / "spec.json")
+    same = earlier is not None and all(earlier.get(k) == spec[k] for k in ("model", "config_files", "config_dict"))
+    if not same or not (run_dir / PROGRESS_FILE).is_file():
+        return None
+    best = [p for p in (run_dir / "saved").glob("*.pth") if not p.name.endswith("-last.pth")]
+    lasts = [Path(last_checkpoint_path(p)) for p in best if Path(last_checkpoint_path(p)).is_file()]
+    return lasts[0] if len(lasts) == 1 else None
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the working folder where it lies below it (tables name files portably), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _read_result(path) -> dict | None:
@@ -406,6 +622,8 @@ def report_meta(settings: BenchmarkSettings, models: list[str], seeds: list[int]
         "versions": package_versions(),
         "machine": machine(),
         "csv_name": Path(csv_path).name,
+        "tuned": _display_path(tuned_dir(settings.tuned) / settings.dataset) if settings.tuned else None,
+        "conventions": settings.conventions,
     }
 
 
@@ -484,8 +702,22 @@ def train_and_test(spec: dict) -> dict:
     )
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     train_seconds, valid_seconds = [], []
-    trainer._train_epoch = _timed(trainer._train_epoch, train_seconds)
-    trainer._valid_epoch = _timed(trainer._valid_epoch, valid_seconds)
+    valid_metric = config["valid_metric"].lower()
+    curve = {"epoch": [], "train_s": [], report.CURVE_METRIC: []}
+    if valid_metric != report.CURVE_METRIC:
+        curve[valid_metric] = []
+
+    def record_validation(outcome):  # (valid_score, valid_result) of one validation
+        curve["epoch"].append(len(train_seconds))
+        curve["train_s"].append(round(sum(train_seconds), 3))  # training seconds so far (validations not counted)
+        for key in curve:
+            if key not in ("epoch", "train_s"):
+                value = (outcome[1] or {}).get(key)
+                curve[key].append(None if value is None else float(value))
+        if spec.get("progress"):  # before the epoch's checkpoints: a resumed run drops what they do not hold
+            progress = {"train_seconds": train_seconds, "valid_seconds": valid_seconds, "curve": curve}
+            write_json(Path(spec["progress"]), progress)
+
     bigger = config["valid_metric_bigger"]
     best = {"score": None, "epoch": None}
 
@@ -493,11 +725,35 @@ def train_and_test(spec: dict) -> dict:
         if best["score"] is None or (score >= best["score"] if bigger else score <= best["score"]):
             best.update(score=score, epoch=epoch_idx + 1)  # 1-based, like epochs_run
 
+    resumed_at = 0
+    if spec.get("resume_from"):  # an interrupted run: its checkpoint and the epochs recorded up to it
+        trainer.resume_checkpoint(spec["resume_from"])
+        resumed_at = trainer.start_epoch  # epochs the checkpoint holds
+        with open(spec["progress"], encoding="utf-8") as f:
+            progress = json.load(f)
+        train_seconds += progress["train_seconds"][:resumed_at]
+        valid_seconds += progress["valid_seconds"][:resumed_at]
+        for key, values in curve.items():
+            values += progress["curve"].get(key, [None] * resumed_at)[:resumed_at]
+        for epoch_idx, score in enumerate(curve[valid_metric if valid_metric in curve else report.CURVE_METRIC]):
+            if score is not None:
+                track_best(epoch_idx, score)
+    trainer._train_epoch = _timed(trainer._train_epoch, train_seconds)
+    trainer._valid_epoch = _timed(trainer._valid_epoch, valid_seconds, after=record_validation)
+
     best_valid_score, _ = trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=track_best)
     eval_start = time.perf_counter()
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
     eval_seconds = time.perf_counter() - eval_start
     getLogger().info(f"test result: {test_result}")
+    excluded = history_excluded(trainer, test_data)
+    alt_result, alt_seconds = None, None
+    if spec.get("conventions", "both") == "both":  # the same (best) weights, the other convention
+        alt_start = time.perf_counter()
+        with ranking_convention(trainer, test_data, exclude=not excluded):
+            alt_result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+        alt_seconds = time.perf_counter() - alt_start
+        getLogger().info(f"test result with history items {'ranked' if excluded else 'excluded'}: {alt_result}")
     row = {
         "status": "ok",
         "error": "",
@@ -507,9 +763,14 @@ def train_and_test(spec: dict) -> dict:
         "epochs_run": len(train_seconds),
         "epochs": config["epochs"],
         "stopping_step": config["stopping_step"],
+        # RecBole's rule: training stops once more than stopping_step validations in a row did not improve.
+        "stopped_early": trainer.cur_step > config["stopping_step"],
+        "resumed_at_epoch": resumed_at,
+        "history_excluded": excluded,
         "train_s_per_epoch": round(sum(train_seconds) / len(train_seconds), 2) if train_seconds else None,
         "valid_s_per_epoch": round(sum(valid_seconds) / len(valid_seconds), 2) if valid_seconds else None,
         "eval_s": round(eval_seconds, 3),
+        "alt_eval_s": None if alt_seconds is None else round(alt_seconds, 3),
         "peak_rss_mib": peak_rss_mib(),
         "cuda_peak_mib": cuda_peak_mib(config["device"]),
         "total_s": round(time.perf_counter() - start, 1),
@@ -525,7 +786,44 @@ def train_and_test(spec: dict) -> dict:
     row["loadavg"] = _load_average()
     for key, value in (test_result or {}).items():
         row[f"{report.TEST_PREFIX}{key}"] = float(value)
+    for key, value in (alt_result or {}).items():
+        row[f"{report.ALT_PREFIX}{key}"] = float(value)
+    row["valid_curve"] = json.dumps(curve, separators=(",", ":"))
     return row
+
+
+def history_excluded(trainer, eval_data) -> bool:
+    """Whether ``trainer.evaluate(eval_data)`` takes each user's history items out of the ranking now."""
+    from recbole_cmi.data.protocol import MultiTargetEvalLoader
+
+    if isinstance(eval_data, MultiTargetEvalLoader):  # the paper's protocol: excluded unless the loader says not
+        return bool(eval_data.exclude_history)
+    return bool(trainer.config["exclude_history_items"])  # loo: recbole_cmi.trainer.HistoryExclusionMixin
+
+
+@contextlib.contextmanager
+def ranking_convention(trainer, eval_data, exclude: bool):
+    """Evaluate with history items excluded from (``exclude``) or ranked in the full sort, then restore the setting.
+
+    Under ``loo`` this is the run's ``exclude_history_items``, which the trainer reads at every batch; under
+    ``multi_target`` the evaluation loader's ``exclude_history``. The model's weights are not touched.
+    """
+    from recbole_cmi.data.protocol import MultiTargetEvalLoader
+
+    if isinstance(eval_data, MultiTargetEvalLoader):
+        before = eval_data.exclude_history
+        eval_data.exclude_history = exclude
+        try:
+            yield
+        finally:
+            eval_data.exclude_history = before
+        return
+    before = trainer.config["exclude_history_items"]
+    trainer.config["exclude_history_items"] = exclude
+    try:
+        yield
+    finally:
+        trainer.config["exclude_history_items"] = before
 
 
 def peak_rss_mib() -> float | None:
@@ -565,12 +863,17 @@ def _interaction_count(dataset) -> int:
     return rows
 
 
-def _timed(method, seconds: list):
+def _timed(method, seconds: list, after=None):
+    """``method``, appending the seconds of each call to ``seconds`` (then ``after(its result)``, if given)."""
+
     def timed(*args, **kwargs):
         start = time.perf_counter()
         try:
-            return method(*args, **kwargs)
+            outcome = method(*args, **kwargs)
         finally:
             seconds.append(time.perf_counter() - start)
+        if after is not None:
+            after(outcome)
+        return outcome
 
     return timed

@@ -3,16 +3,21 @@
 ``<dataset>/<protocol>.csv`` holds one row per (model, seed) run, finished or failed;
 ``<dataset>/<protocol>.md`` is computed from those rows only: per model the mean ± sample standard
 deviation (n - 1 in the denominator) over the seeds that finished, of every test metric, the
-epochs run, the training seconds per epoch, the test evaluation seconds and the peak memory; a
-paired t-test of CMI against each baseline over the seeds; the command, the shared config,
-package versions and the machine. ``<protocol>.png`` charts two test metrics per model (only
-where matplotlib is installed). All are rewritten atomically (temp file + rename) after every run.
+epochs run, the best epoch, the runs that reached the epoch cap, the training seconds per epoch, the
+test evaluation seconds and the peak memory; both ranking conventions (history items excluded or
+ranked: ``test_*`` as configured, ``alt_test_*`` the other, from the same checkpoint); a paired
+t-test of CMI against each baseline over the seeds; the validation curves (NDCG@20 against training
+seconds, one seed per model); the tuned values each model ran with; the command, the shared config,
+package versions and the machine. ``<protocol>.png`` charts two test metrics per model and
+``<protocol>-curves.png`` the validation curves (only where matplotlib is installed). All are
+rewritten atomically (temp file + rename) after every run.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import statistics
@@ -62,8 +67,20 @@ RUN_COLUMNS = [
     "n_valid_users",
     "n_test_users",
     "loadavg",
+    "stopped_early",
+    "resumed_at_epoch",
+    "history_excluded",
+    "alt_eval_s",
+    "tuned_file",
+    "tuned_values",
+    "tuned_sha",
 ]
+TRAILING_COLUMNS = ["valid_curve"]  # after the test metrics: long json cells
 TEST_PREFIX = "test_"
+ALT_PREFIX = "alt_test_"  # the test metrics of the same checkpoint under the other ranking convention
+CURVE_METRIC = "ndcg@20"  # recorded at every validation and drawn against training seconds
+CURVES_SUFFIX = "-curves.png"
+CONVENTION_NAMES = {True: "history excluded", False: "history ranked"}
 METRIC_NAMES = {"recall": "Recall", "ndcg": "NDCG", "hit": "Hit", "mrr": "MRR", "precision": "Precision"}
 REFERENCE_MODEL = "CMI"  # the model the paired comparison tests against every other
 MAIN_METRICS = ("recall@20", "ndcg@20")  # compared and charted when measured
@@ -83,21 +100,21 @@ class ModelSummary:
     peak_rss: tuple | None = None  # MiB
     cuda_peak: tuple | None = None  # MiB; None where no run used CUDA
     best_epoch: tuple | None = None
-    epochs_capped: int = 0  # finished runs that stopped at the epoch cap
+    epochs_capped: int = 0  # finished runs that reached the epoch cap before early stopping ended them
 
 
-def metric_columns(rows: list[dict]) -> list[str]:
-    """``test_*`` columns in order of first appearance."""
+def metric_columns(rows: list[dict], prefix: str = TEST_PREFIX) -> list[str]:
+    """``test_*`` (or other ``prefix``) columns in order of first appearance."""
     seen = []
     for row in rows:
         for key in row:
-            if key.startswith(TEST_PREFIX) and key not in seen:
+            if key.startswith(prefix) and key not in seen:
                 seen.append(key)
     return seen
 
 
 def runs_csv(rows: list[dict]) -> str:
-    columns = RUN_COLUMNS + metric_columns(rows)
+    columns = RUN_COLUMNS + metric_columns(rows) + metric_columns(rows, ALT_PREFIX) + TRAILING_COLUMNS
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
@@ -165,13 +182,28 @@ def summarize(rows: list[dict], models: list[str]) -> list[ModelSummary]:
         summary.peak_rss = _column_mean_std(ok, "peak_rss_mib")
         summary.cuda_peak = _column_mean_std(ok, "cuda_peak_mib")
         summary.best_epoch = _column_mean_std(ok, "best_epoch")
-        summary.epochs_capped = sum(
-            1
-            for r in ok
-            if _number(r.get("epochs")) is not None and _number(r.get("epochs_run")) == _number(r["epochs"])
-        )
+        summary.epochs_capped = sum(1 for r in ok if hit_cap(r))
         summaries.append(summary)
     return summaries
+
+
+def _flag(value) -> bool | None:
+    """A boolean csv cell (``True``/``False``, any case) or value; None where it is empty or missing."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if value is not None else ""
+    return {"true": True, "false": False}.get(text)
+
+
+def hit_cap(row: dict) -> bool:
+    """Whether a finished run trained all ``epochs`` without early stopping ending it (it may not have converged).
+
+    Rows of earlier versions have no ``stopped_early``: there, reaching the cap is enough.
+    """
+    epochs, run = _number(row.get("epochs")), _number(row.get("epochs_run"))
+    if epochs is None or run != epochs:
+        return False
+    return _flag(row.get("stopped_early")) is not True
 
 
 def _column_mean_std(rows: list[dict], column: str) -> tuple | None:
@@ -203,24 +235,18 @@ def ordered_metrics(summaries: list[ModelSummary], metrics: list[str] | None, to
 def results_table(summaries: list[ModelSummary], metrics: list[str] | None, topk: list[int] | None) -> list[str]:
     """The markdown table: one row per model; the best mean of each metric in bold."""
     keys = ordered_metrics(summaries, metrics, topk)
-    best = {}
-    for key in keys:
-        means = [s.metrics[key][0] for s in summaries if key in s.metrics]
-        best[key] = max(means) if means else None
     cuda = any(s.cuda_peak is not None for s in summaries)  # a column only where a run used a GPU
-    header = ["model", *(metric_label(k) for k in keys), "epochs run", "best epoch", "train s/epoch", "eval s"]
+    header = ["model", *(metric_label(k) for k in keys), "epochs run", "best epoch", "at cap"]
+    header += ["train s/epoch", "eval s"]
     header += ["peak RSS MiB", *(["peak CUDA MiB"] if cuda else []), "runs ok"]
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    metric_cells = bold_best_cells(summaries, keys)
     for s in summaries:
-        cells = [s.model]
-        for key in keys:
-            text = format_mean_std(s.metrics.get(key))
-            if key in s.metrics and best[key] is not None and s.metrics[key][0] == best[key] and len(summaries) > 1:
-                text = f"**{text}**"
-            cells.append(text)
+        cells = [s.model, *metric_cells[s.model]]
         cells += [
             format_mean_std(s.epochs, 1),
             format_mean_std(s.best_epoch, 1),
+            f"**{s.epochs_capped}/{s.ok} ⚠**" if s.epochs_capped else f"0/{s.ok}",
             format_mean_std(s.train_s, 1),
             format_mean_std(s.eval_s, 2),
             format_mean_std(s.peak_rss, 0),
@@ -229,6 +255,23 @@ def results_table(summaries: list[ModelSummary], metrics: list[str] | None, topk
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def bold_best_cells(summaries: list[ModelSummary], keys: list[str]) -> dict[str, list[str]]:
+    """Per model, its ``mean ± std`` cell of every key; the best mean of each key in bold (with two models or more)."""
+    best = {}
+    for key in keys:
+        means = [s.metrics[key][0] for s in summaries if key in s.metrics]
+        best[key] = max(means) if means else None
+    cells = {}
+    for s in summaries:
+        cells[s.model] = []
+        for key in keys:
+            text = format_mean_std(s.metrics.get(key))
+            if key in s.metrics and best[key] is not None and s.metrics[key][0] == best[key] and len(summaries) > 1:
+                text = f"**{text}**"
+            cells[s.model].append(text)
+    return cells
 
 
 # ---------------------------------------------------------------- paired comparison
@@ -343,21 +386,11 @@ def write_chart(path: Path, summaries: list[ModelSummary], keys: list[str], titl
     Returns None when it was written, else why not: no finished run, no matplotlib (it is optional),
     or an error while drawing; the chart never stops a benchmark.
     """
-    path = Path(path)
     drawn = [s for s in summaries if any(key in s.metrics for key in keys)]
     if not keys or not drawn:
         return "no chart yet: no finished run"
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return "no chart: matplotlib is not installed (pip install matplotlib to get one)"
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")  # same folder, so os.replace is atomic
-    try:
-        # Figure + the Agg canvas, not pyplot: no global backend or figure state in the caller's process.
-        fig = Figure(figsize=(max(5.0, 1.2 * len(drawn) + 2), 3.6), layout="tight")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
+
+    def draw(ax):
         width = 0.8 / len(keys)
         for index, key in enumerate(keys):
             values = [s.metrics.get(key) for s in drawn]
@@ -370,6 +403,27 @@ def write_chart(path: Path, summaries: list[ModelSummary], keys: list[str], titl
         if title:
             ax.set_title(title, fontsize="medium")
         ax.legend()
+
+    return draw_png(path, (max(5.0, 1.2 * len(drawn) + 2), 3.6), draw)
+
+
+def draw_png(path: Path, size: tuple[float, float], draw) -> str | None:
+    """``draw(ax)`` on a new figure of ``size`` inches, written atomically to ``path`` as a 100-dpi PNG.
+
+    Returns None when it was written, else why not (no matplotlib, which is optional, or an error while drawing).
+    """
+    path = Path(path)
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return "no chart: matplotlib is not installed (pip install matplotlib to get one)"
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")  # same folder, so os.replace is atomic
+    try:
+        # Figure + the Agg canvas, not pyplot: no global backend or figure state in the caller's process.
+        fig = Figure(figsize=size, layout="tight")
+        FigureCanvasAgg(fig)
+        draw(fig.add_subplot())
         fig.savefig(tmp, format="png", dpi=100)
         os.replace(tmp, path)
     except Exception as err:  # a chart is a convenience: the csv and the table are the record
@@ -378,22 +432,268 @@ def write_chart(path: Path, summaries: list[ModelSummary], keys: list[str], titl
     return None
 
 
+# ---------------------------------------------------------------- ranking conventions
+
+
+CONVENTION_KEYS = ("recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@20", "ndcg@50")
+
+
+def excludes_history(row: dict) -> bool | None:
+    """Whether a row's ``test_*`` ranked without the history items; its ``alt_test_*`` are the other convention.
+
+    Rows of earlier versions have no ``history_excluded``: multi_target always excluded them, loo as configured.
+    """
+    flag = _flag(row.get("history_excluded"))
+    if flag is not None:
+        return flag
+    if row.get("protocol") == "multi_target":
+        return True
+    return _flag(row.get("exclude_history_items"))
+
+
+def convention_rows(rows: list[dict], exclude: bool) -> list[dict]:
+    """Copies of ``rows`` whose ``test_*`` are the values under one convention (``exclude``: history items out of
+    the ranking), taken from ``test_*`` or ``alt_test_*``; a run not evaluated that way has no ``test_*``."""
+    out = []
+    for row in rows:
+        copy = {k: v for k, v in row.items() if not k.startswith((TEST_PREFIX, ALT_PREFIX))}
+        headline = excludes_history(row)
+        if headline is not None:
+            prefix = TEST_PREFIX if headline == exclude else ALT_PREFIX
+            copy.update({TEST_PREFIX + k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix)})
+        out.append(copy)
+    return out
+
+
+def conventions_section(rows: list[dict], models: list[str]) -> list[str]:
+    """``## Both ranking conventions``: the main metrics with history items excluded and ranked (one checkpoint
+    per run), and the paired comparison under each; empty where no run was evaluated both ways."""
+    if not any(row.get(key) not in (None, "") for row in rows for key in row if key.startswith(ALT_PREFIX)):
+        return []
+    views = {flag: convention_rows(rows, flag) for flag in (True, False)}
+    summaries = {flag: summarize(view, models) for flag, view in views.items()}
+    measured = {key for flag in views for s in summaries[flag] for key in s.metrics}
+    keys = [key for key in CONVENTION_KEYS if key in measured]
+    if not keys:
+        return []
+    cells = {flag: bold_best_cells(summaries[flag], keys) for flag in views}
+    headline = sorted({CONVENTION_NAMES[flag] for flag in map(excludes_history, rows) if flag is not None})
+    header = [f"excl. {metric_label(k)}" for k in keys] + [f"ranked {metric_label(k)}" for k in keys]
+    lines = [
+        "## Both ranking conventions",
+        "",
+        "The best checkpoint of every run evaluated on the test set twice: **excl.** = history items excluded from "
+        "the ranking (the CMI authors' retrieval; on data without repeats a recommended history item is always a "
+        "miss), **ranked** = history items ranked like any other (RecBole's default for sequential models). "
+        f"Validation, early stopping and the checkpoint followed the configured convention ({', '.join(headline)}: "
+        "the main table above). Mean ± sample std over seeds; best mean per column in bold.",
+        "",
+        "| model | " + " | ".join(header) + " |",
+        "|---" + "|---:" * len(header) + "|",
+    ]
+    for s in summaries[True]:
+        lines.append(f"| {s.model} | " + " | ".join(cells[True][s.model] + cells[False][s.model]) + " |")
+    reference = reference_model([s.model for s in summaries[True]])
+    baselines = [s.model for s in summaries[True] if s.model != reference]
+    paired_metrics = [key for key in MAIN_METRICS if key in keys]
+    if not baselines or not paired_metrics:
+        return lines
+    lines += [
+        "",
+        f"Paired by seed ({reference} − baseline; two-sided paired t-test, `scipy.stats.ttest_rel`):",
+        "",
+        "| baseline | metric | excl.: mean difference | n | p | ranked: mean difference | n | p |",
+        "|---|---|---:|---:|---|---:|---:|---|",
+    ]
+    for baseline in baselines:
+        for key in paired_metrics:
+            cells_of_pair = []
+            for flag in (True, False):
+                _, ours, theirs = paired_values(views[flag], reference, baseline, TEST_PREFIX + key)
+                test = paired_t_test(ours, theirs)
+                diff = "–" if test.mean_diff is None else f"{test.mean_diff:+.4f}"
+                cells_of_pair += [diff, str(test.n), test.note if test.p_value is None else format_p(test.p_value)]
+            lines.append(f"| {baseline} | {metric_label(key)} | " + " | ".join(cells_of_pair) + " |")
+    return lines
+
+
+# ---------------------------------------------------------------- validation curves
+
+
+def run_curve(row: dict) -> dict | None:
+    """A row's ``valid_curve`` (``{"epoch": [...], "train_s": [...], "ndcg@20": [...], ...}``); None if absent."""
+    value = row.get("valid_curve")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value else None
+        except ValueError:
+            return None
+    if not isinstance(value, dict) or not value.get("epoch") or not value.get("train_s"):
+        return None
+    return value
+
+
+def curve_runs(rows: list[dict], models: list[str]) -> list[dict]:
+    """One finished run with a validation curve per model: the lowest seed that every such model has, else each
+    model's lowest; models in table order."""
+    order = list(models) + sorted({row["model"] for row in rows} - set(models))
+    runs = {}
+    for row in rows:
+        if row.get("status") == "ok" and run_curve(row) is not None and _number(row.get("seed")) is not None:
+            runs.setdefault(row["model"], {})[int(_number(row["seed"]))] = row  # a later row of a run wins
+    if not runs:
+        return []
+    common = set.intersection(*(set(seeds) for seeds in runs.values()))
+    return [runs[m][min(common) if common else min(runs[m])] for m in order if m in runs]
+
+
+def write_curves_chart(path: Path, picked: list[dict], title: str = "") -> str | None:
+    """Validation NDCG@20 against training seconds, one line per run in ``picked``, the best epoch marked."""
+    lines = []
+    for row in picked:
+        curve = run_curve(row)
+        points = [(t, v) for t, v in zip(curve["train_s"], curve.get(CURVE_METRIC) or []) if v is not None]
+        if points:
+            best = _best_point(curve)
+            lines.append((f"{row['model']} (seed {row['seed']})", points, best))
+    if not lines:
+        return f"no validation curves yet: no finished run recorded valid {metric_label(CURVE_METRIC)}"
+
+    def draw(ax):
+        for label, points, best in lines:
+            (line,) = ax.plot([t for t, _ in points], [v for _, v in points], marker=".", label=label)
+            if best is not None and best[2] is not None:
+                ax.plot([best[1]], [best[2]], marker="o", markersize=9, fillstyle="none", color=line.get_color())
+        ax.set_xlabel("training seconds (validation not counted)")
+        ax.set_ylabel(f"validation {metric_label(CURVE_METRIC)}")
+        if title:
+            ax.set_title(title, fontsize="medium")
+        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3)
+
+    return draw_png(path, (7.0, 4.2), draw)
+
+
+def _best_point(curve: dict) -> tuple | None:
+    """``(epoch, train_s, NDCG@20)`` at the validation that selected the checkpoint (the validation metric's best;
+    ties go to the later epoch, as RecBole's early stopping); None without a validation metric."""
+    scores = [key for key in curve if key not in ("epoch", "train_s")]
+    metric = scores[-1] if scores else None  # the validation metric, listed last when it is not NDCG@20
+    values = curve.get(metric) or []
+    best = None
+    for index, value in enumerate(values):
+        if value is not None and (best is None or value >= values[best]):
+            best = index
+    if best is None:
+        return None
+    ndcg = (curve.get(CURVE_METRIC) or [None] * len(values))[best]
+    return curve["epoch"][best], curve["train_s"][best], ndcg
+
+
+def curves_section(rows: list[dict], models: list[str], image: str | None) -> list[str]:
+    """``## Validation curves``: the chart and, per model, the run it draws: when it was best and how it ended."""
+    picked = curve_runs(rows, models)
+    if not picked:
+        return []
+    label = metric_label(CURVE_METRIC)
+    lines = ["## Validation curves (one seed per model)", ""]
+    if image:
+        lines += [f"![validation curves]({image})", ""]
+    lines += [
+        f"Validation {label} after every epoch against the training seconds so far (validation not counted; "
+        "wall-clock, so other processes on the machine slow a run down); the circle marks the best epoch, the "
+        "checkpoint that was tested. Every run's curve is in the csv (`valid_curve`).",
+        "",
+        f"| model | seed | epochs run | best epoch | best valid {label} | train s to best epoch | train s in all | "
+        "ended by |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in picked:
+        curve = run_curve(row)
+        best = _best_point(curve)
+        ended = "**epoch cap ⚠**" if hit_cap(row) else "early stopping" if _flag(row.get("stopped_early")) else "–"
+        at_best = "–" if best is None else f"{best[1]:.1f}"
+        score = "–" if best is None or best[2] is None else f"{best[2]:.4f}"
+        cells = [row["model"], row["seed"], row.get("epochs_run", ""), "–" if best is None else best[0], score]
+        cells += [at_best, f"{curve['train_s'][-1]:.1f}", ended]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+# ---------------------------------------------------------------- tuned values
+
+
+def tuned_section(rows: list[dict], models: list[str], tuned: str | None) -> list[str]:
+    """``## Tuned values``: per model the tuned file its runs read and the values in it (or its defaults)."""
+    order = list(models) + sorted({row["model"] for row in rows} - set(models))
+    finished = [row for row in rows if row.get("status") == "ok"]
+    if not finished:
+        return []
+    if tuned:
+        intro = (
+            f"Every model ran with its file in `{tuned}` (`--tuned`: the values of the same validation search for "
+            "every model, `python -m recbole_cmi.benchmark tune`; each file's header names that search) over its "
+            "published defaults (`properties/model/<Model>.yaml`, RecBole's own for core models); the package's "
+            "own tuned layer was off (`use_tuned_values: False`)."
+        )
+    else:
+        intro = (
+            "Runs read the package's tuned layer (`properties/tuned/<dataset>/<Model>.yaml`, each file's header "
+            "names the search that produced it) where one exists; the other models ran their published defaults."
+        )
+    lines = ["## Tuned values", "", intro, "", "| model | tuned file | values | runs |", "|---|---|---|---:|"]
+    for model in order:
+        runs = [row for row in finished if row["model"] == model]
+        variants: dict[tuple, int] = {}
+        for row in runs:
+            key = (row.get("tuned_file") or "", row.get("tuned_values") or "")
+            variants[key] = variants.get(key, 0) + 1
+        for (path, values), count in variants.items():
+            shown = _tuned_values_text(values) if path else "– (published defaults)"
+            lines.append(f"| {model} | {_md_text(path) if path else '–'} | {_md_text(shown)} | {count} |")
+    return lines
+
+
+def _tuned_values_text(values: str) -> str:
+    try:
+        mapping = json.loads(values) if values else {}
+    except ValueError:
+        return values
+    if not isinstance(mapping, dict):
+        return values
+    return ", ".join(f"{key}: {value}" for key, value in mapping.items()) or "(empty file)"
+
+
 def _md_text(value) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def write_report(md_path: Path, rows: list[dict], meta: dict, chart_path: Path | None = None) -> str | None:
-    """The chart (when ``chart_path`` is given) and then the markdown that shows it; returns why no chart."""
-    why = None
-    meta = dict(meta, chart_name=None)
+def write_report(
+    md_path: Path, rows: list[dict], meta: dict, chart_path: Path | None = None, curves_path: Path | None = None
+) -> tuple[str | None, str | None]:
+    """The charts (where their paths are given) and then the markdown that shows them.
+
+    Returns why the test-metric chart and why the validation-curve chart were not drawn: None where it was drawn
+    (or not asked for), ``""`` where no run had a validation curve to draw.
+    """
+    why = curves_why = None
+    meta = dict(meta, chart_name=None, curves_name=None)
+    title = f"{meta['dataset']}, protocol {meta['protocol']}"
     if chart_path is not None:
         summaries = summarize(rows, meta["models"])
         keys = chart_keys(ordered_metrics(summaries, meta.get("metrics"), _topk(meta)))
-        why = write_chart(chart_path, summaries, keys, f"{meta['dataset']}, protocol {meta['protocol']}")
+        why = write_chart(chart_path, summaries, keys, title)
         if why is None:
             meta["chart_name"] = Path(chart_path).name  # relative: the png lies next to the md
+    picked = curve_runs(rows, meta["models"]) if curves_path is not None else []
+    if picked:  # runs of earlier versions recorded no curve: then nothing is drawn, and nothing said
+        curves_why = write_curves_chart(curves_path, picked, f"{title}: validation")
+        if curves_why is None:
+            meta["curves_name"] = Path(curves_path).name
+    elif curves_path is not None:
+        curves_why = ""
     write_atomic(md_path, markdown(rows, meta))
-    return why
+    return why, curves_why
 
 
 def _topk(meta: dict) -> list | None:
@@ -456,7 +756,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"after {stopping_step} validations without improvement of valid "
         f"{shared.get('valid_metric')}; the test set is evaluated once, with the best validation checkpoint.",
         f"- **Epoch cap reached** by {capped} of {finished} finished runs"
-        + (" (those runs may not have converged)." if capped else "."),
+        + (
+            " (those runs may not have converged: flagged ⚠ in the `at cap` column; raise `--epochs` and run "
+            "them again)."
+            if capped
+            else " (every run was ended by early stopping)."
+            if finished
+            else "."
+        ),
         f"- **Seeds**: {', '.join(str(s) for s in seeds_in_table(rows, meta['seeds']))}"
         f"{uneven_seeds(rows, meta['seeds'])}; cells are "
         "mean ± sample standard deviation "
@@ -485,6 +792,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
     paired = paired_section(rows, order, keys, shared.get("valid_metric"))
     if paired:
         lines += ["", *paired]
+    for section in (
+        conventions_section(rows, order),
+        curves_section(rows, order, meta.get("curves_name")),
+        tuned_section(rows, order, meta.get("tuned")),
+    ):
+        if section:
+            lines += ["", *section]
     failed = [row for row in rows if row.get("status") != "ok"]
     if failed:
         lines += ["", "## Failed runs", "", "| model | seed | error |", "|---|---:|---|"]

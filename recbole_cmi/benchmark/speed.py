@@ -30,6 +30,8 @@ machine and the exact command. ``--profile CMI`` adds the top operators of a few
 and of one full-sort evaluation batch (torch.profiler). A model entry may carry config overrides,
 ``Model:key=value[:key=value]`` (values read as yaml), so variants run side by side in one report, e.g.
 ``--models CMI,CMI:sparse_item_updates=True,SASRec``; every entry of class CMI is checked against the targets.
+``--retrieval`` runs the retrieval benchmark instead (:mod:`recbole_cmi.benchmark.retrieval`): exact full-sort
+evaluation against faiss retrieval per interest at 100k and 1M items.
 Text after the line ``<!-- end of generated report -->`` in an existing ``--out`` file is kept when the report
 is rewritten (hand-written analysis).
 
@@ -865,8 +867,15 @@ def build_parser(prog: str = "python -m recbole_cmi.benchmark speed") -> OneLine
         "--profile", default="", help="comma-separated model entries whose training step and evaluation to profile"
     )
     parser.add_argument("--profile-steps", type=int, default=5, help="steps under the profiler (default 5)")
-    parser.add_argument("--out", default="results/speed.md", help="markdown report (default results/speed.md)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="markdown report (default results/speed.md; with --retrieval results/speed-retrieval.md)",
+    )
     parser.add_argument("--json", default=None, help="also write the raw numbers to this JSON file")
+    from recbole_cmi.benchmark import retrieval
+
+    retrieval.add_arguments(parser)
     return parser
 
 
@@ -919,7 +928,14 @@ def _run(parser, args, argv) -> int:
 
     import torch
 
+    if args.retrieval:
+        from recbole_cmi.benchmark import retrieval
+
+        retrieval.check_arguments(parser, args)
+        args.out = args.out or "results/speed-retrieval.md"
+        return retrieval.run(args, argv)
     _check_args(parser, args)
+    args.out = args.out or "results/speed.md"
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_cmi.errors import DatasetError
+from recbole_cmi.paths import describe_unreadable
 
 FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
 SUFFIXES = ("inter", "item", "user")
@@ -126,8 +127,9 @@ def read_atomic_file(
     Rows are parsed by pandas' C reader (quoting off, no NA conversion), so files of millions of
     rows are checked in seconds and with about the memory RecBole's own loading needs.
     """
-    if not os.path.isfile(path):
-        raise DatasetError(f"missing atomic file {path}")
+    problem = describe_unreadable(path, "atomic file")
+    if problem:
+        raise DatasetError(problem)
     header_line = _read_header(path, encoding)
     if not header_line.strip():
         raise DatasetError(f"{path} is empty: expected a header line such as {f'user_id:token{sep}item_id:token'!r}")
@@ -163,6 +165,16 @@ def read_atomic_file(
         line_numbers = None
     frame.attrs["line_numbers"] = line_numbers
     seq_separator = seq_sep or " "
+    # RecBole reads atomic files with pandas' python engine, i.e. the csv module and its field size limit.
+    limit = csv.field_size_limit()
+    for name, _ in fields:
+        lengths = frame[name].str.len().to_numpy()
+        if len(lengths) and lengths.max() > limit:
+            index = int(lengths.argmax())
+            raise DatasetError(
+                f"{path}, {_where(frame, index)}: the value in column '{name}' has {int(lengths[index]):,} characters, "
+                f"more than the {limit:,} RecBole's reader (Python's csv module) accepts in one field"
+            )
     for name, ftype in fields:
         quoted = frame[name].str.startswith('"').to_numpy() if has_quote else np.zeros(0, dtype=bool)
         if quoted.any():
@@ -225,7 +237,8 @@ def _loaded(config, suffix: str) -> bool:
 def validate_atomic_files(config) -> dict:
     """Validate ``<data_path>/<dataset>.{inter,item,user}`` against the config's field names.
 
-    Returns ``{inter file: {"rows", "users", "max_user_rows"}}`` for the interaction file(s).
+    Returns ``{inter file: {"rows", "users", "max_user_rows", "columns"}}`` for the interaction
+    file(s); ``columns`` counts the columns RecBole will load.
     """
     name = config["dataset"]
     root = config["data_path"]
@@ -281,7 +294,12 @@ def validate_atomic_files(config) -> dict:
                 f"{path}: {singles} of {len(per_user)} users have a single interaction; they give no "
                 f'training or evaluation sample (user_inter_num_interval, e.g. "[2,inf)", drops them)'
             )
-        summary[path] = {"rows": len(frame), "users": len(per_user), "max_user_rows": int(per_user.max())}
+        summary[path] = {
+            "rows": len(frame),
+            "users": len(per_user),
+            "max_user_rows": int(per_user.max()),
+            "columns": len(listed) if isinstance(listed, list) else len(names),
+        }
     for suffix, id_field in (("item", iid), ("user", uid)):
         path = os.path.join(root, f"{name}.{suffix}")
         if os.path.isfile(path) and _loaded(config, suffix):

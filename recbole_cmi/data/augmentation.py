@@ -8,12 +8,12 @@ never empty.
 
 Operations, vectorised over the batch (sequences are left-aligned, 0 = padding):
 
-* ``random_split`` (CMI, cmi.md §2.1): the history is split at random into two disjoint halves;
+* ``random_split`` (CMI, docs/cmi.md §2.1): the history is split at random into two disjoint halves;
   view 1 takes ⌊n/2⌋ random positions, view 2 the rest. Histories of at most
   ``cl_split_min_length`` items (6 in the authors' code) are not split: both views are the
   whole history. Both views keep time order by default; ``cl_shuffle_first_view: True``
-  reproduces the authors' code, where view 1 comes out in random order (cmi.md §7 #3).
-* ``crop`` (CL4SRec, anchors.md §4.1): a random contiguous sub-sequence of max(1, ⌊η·n⌋) items.
+  reproduces the authors' code, where view 1 comes out in random order (docs/cmi.md §2.3).
+* ``crop`` (CL4SRec, docs/baselines.md §2.1): a random contiguous sub-sequence of max(1, ⌊η·n⌋) items.
 * ``mask``: ⌊γ·n⌋ random positions replaced by a dedicated mask id (``dataset.item_num``,
   one past the catalogue; models that use it size their embedding table ``n_items + 1``).
 * ``reorder``: a random contiguous sub-sequence of ⌊β·n⌋ items is shuffled.
@@ -23,12 +23,10 @@ Operations, vectorised over the batch (sequences are left-aligned, 0 = padding):
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from recbole.data.interaction import Interaction
 
-from recbole_cmi.errors import ConfigValueError
+from recbole_cmi import options
 
 AUGMENTATIONS = ("random_split", "crop", "mask", "reorder", "random")
 VIEW_PREFIXES = ("view1_", "view2_")
@@ -61,7 +59,7 @@ def compact(seq: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def random_split(seq, lengths, min_split_length=6, shuffle_first_view=False, generator=None):
-    """Two disjoint random halves of each history (cmi.md §2.1); short histories are not split."""
+    """Two disjoint random halves of each history (docs/cmi.md §2.1); short histories are not split."""
     positions = _positions(seq)
     valid = positions < lengths[:, None]
     order = _random_keys(seq, lengths, generator).argsort(dim=1)
@@ -115,17 +113,16 @@ class ContrastiveViews:
     """Train-batch hook adding two views of every sequence (see the module docstring)."""
 
     def __init__(self, config, dataset, method=None):
-        self.method = method or config["cl_augmentation"] or "random_split"
-        if self.method not in AUGMENTATIONS:
-            raise ConfigValueError(f"cl_augmentation must be one of {', '.join(AUGMENTATIONS)}, got {self.method!r}")
+        self.method = method or options.choice(config, "cl_augmentation", AUGMENTATIONS, default="random_split")
         self.seq_field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
         self.len_field = config["ITEM_LIST_LENGTH_FIELD"]
         self.view_fields = view_fields(config)
-        self.min_split_length = _min_length(config, "cl_split_min_length", 6)
-        self.shuffle_first_view = _flag(config, "cl_shuffle_first_view", False)
-        self.eta = _ratio(config, "crop_eta", 0.6)
-        self.gamma = _ratio(config, "mask_gamma", 0.3)
-        self.beta = _ratio(config, "reorder_beta", 0.6)
+        # 0 would split a 1-item history into an empty view and a full one.
+        self.min_split_length = options.integer(config, "cl_split_min_length", minimum=1, default=6)
+        self.shuffle_first_view = options.flag(config, "cl_shuffle_first_view", default=False)
+        self.eta = options.real(config, "crop_eta", 0.0, 1.0, default=0.6)
+        self.gamma = options.real(config, "mask_gamma", 0.0, 1.0, default=0.3)
+        self.beta = options.real(config, "reorder_beta", 0.0, 1.0, default=0.6)
         self.mask_id = dataset.item_num
         self.generator = None
 
@@ -162,30 +159,3 @@ class ContrastiveViews:
             added[len_key] = view_len
         interaction.update(Interaction(added))
         return interaction
-
-
-def _get(config, key, default):
-    value = config[key]
-    return default if value is None else value
-
-
-def _ratio(config, key, default):
-    value = _get(config, key, default)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
-        raise ConfigValueError(f"{key} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _min_length(config, key, default):
-    value = _get(config, key, default)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        # 0 would split a 1-item history into an empty view and a full one.
-        raise ConfigValueError(f"{key} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
-def _flag(config, key, default):
-    value = _get(config, key, default)
-    if not isinstance(value, bool):
-        raise ConfigValueError(f"{key} must be True or False, got {value!r}")
-    return value

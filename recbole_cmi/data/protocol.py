@@ -2,8 +2,8 @@
 
 ``eval_protocol: loo`` (the default) is RecBole's: per user the last interaction is the test target,
 the one before it the validation target, and all items are ranked, including (for sequential models)
-the items already in the user's history. ``multi_target`` is the protocol of Li et al. (SIGIR 2022,
-section 5 of ``cmi.md``):
+the items already in the user's history. ``multi_target`` is the protocol of Li et al. (SIGIR 2022;
+docs/cmi.md §4.3):
 
 * **Periods.** Each user's interactions, in time order, fall into training, validation and test
   periods (``multi_target_split``):
@@ -262,10 +262,16 @@ class MultiTargetBatch:
 
 
 class MultiTargetEvalLoader:
-    """Validation or test users in fixed order, ``eval_batch_size`` users per batch."""
+    """Validation or test users in fixed order, ``eval_batch_size`` users per batch.
+
+    ``exclude_history`` (True, the paper's protocol) takes each user's history items out of the ranking; False
+    ranks them too (RecBole's convention for sequential models): the targets stay the same new items, and
+    history items compete with them for the top K. The benchmark sets it to score one checkpoint both ways.
+    """
 
     def __init__(self, config, dataset, split: TargetSplit, interaction: Interaction, phase: str):
         self.config = config
+        self.exclude_history = True
         self._dataset = dataset  # a copy of the training dataset holding the evaluation rows (or None)
         self.split = split
         self.interaction = interaction
@@ -295,9 +301,12 @@ class MultiTargetEvalLoader:
         interaction = self.interaction[torch.arange(start, end)]
         if self.transform is not None:
             interaction = self.transform(self._dataset, interaction)
+        history = _csr_pairs(self.split.history_ptr, self.split.history_items, start, end)
+        if not self.exclude_history:
+            history = (history[0][:0], history[1][:0])  # no (row, item) pair to take out of the ranking
         return MultiTargetBatch(
             interaction=interaction,
-            history=_csr_pairs(self.split.history_ptr, self.split.history_items, start, end),
+            history=history,
             targets=_csr_pairs(self.split.target_ptr, self.split.target_items, start, end),
         )
 

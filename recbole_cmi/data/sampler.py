@@ -1,7 +1,7 @@
 """Negatives for CMI's sampled softmax, drawn as a train-only batch hook.
 
 :class:`SharedNegatives` adds one negative item per training row under ``shared_neg_item_id``;
-the model uses all of them as the candidate negatives of every row (cmi.md §3.2: negatives
+the model uses all of them as the candidate negatives of every row (docs/cmi.md §3.2: negatives
 shared across the batch). Two strategies (``neg_sampler``):
 
 * ``uniform`` (the authors' code, default): an item drawn uniformly from the catalogue, not in
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from recbole.data.interaction import Interaction
 
-from recbole_cmi.errors import ConfigValueError
+from recbole_cmi import options
 
 NEG_SAMPLERS = ("uniform", "interest_aware")
 SHARED_NEG_FIELD = "shared_neg_item_id"
@@ -65,15 +65,9 @@ def hard_negatives(history, lengths, targets, model, pool_size, generator=None):
 
 class SharedNegatives:
     def __init__(self, config, dataset):
-        self.strategy = config["neg_sampler"] or "uniform"
-        if self.strategy not in NEG_SAMPLERS:
-            raise ConfigValueError(f"neg_sampler must be one of {', '.join(NEG_SAMPLERS)}, got {self.strategy!r}")
-        self.ratio = float(config["hard_negative_ratio"] if config["hard_negative_ratio"] is not None else 0.5)
-        if not 0.0 <= self.ratio <= 1.0:
-            raise ConfigValueError(f"hard_negative_ratio must be in [0, 1], got {self.ratio}")
-        self.pool_size = int(config["hard_negative_pool"] or 50)
-        if self.pool_size < 1:
-            raise ConfigValueError(f"hard_negative_pool must be >= 1, got {self.pool_size}")
+        self.strategy = options.choice(config, "neg_sampler", NEG_SAMPLERS, default="uniform")
+        self.ratio = options.real(config, "hard_negative_ratio", 0.0, 1.0, default=0.5)
+        self.pool_size = options.integer(config, "hard_negative_pool", minimum=1, default=50)
         self.seq_field = config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]
         self.len_field = config["ITEM_LIST_LENGTH_FIELD"]
         self.target_field = config["ITEM_ID_FIELD"]

@@ -10,11 +10,11 @@ sampled negative). ``L_cl`` is NT-Xent over the 2N views of a batch of N sequenc
 each view's positive is the other view of its sequence, the other 2(N−1) views are negatives,
 averaged over the 2N anchors — :func:`recbole_cmi.model.layers.info_nce` with
 ``in_view_negatives=True, combine="mean"``, the computation of the DuoRec / RecBole-DA lineage
-(``sim`` dot or cos, ``tau`` 1.0, ``lmd`` 0.1; anchors.md §4.2).
+(``sim`` dot or cos, ``tau`` 1.0, ``lmd`` 0.1; docs/baselines.md §2.2).
 
 The views come from the shared train-only hook :class:`recbole_cmi.data.augmentation.ContrastiveViews`
 (``cl_augmentation: random``: two different operations among crop / mask / reorder per
-sequence, Eq. 5-7). It fixes the defects of the anchors (anchors.md §4.3): views are new
+sequence, Eq. 5-7). It fixes the defects of the public code (docs/baselines.md §2.3): views are new
 tensors (the batch is never edited in place), a crop keeps at least one item, the mask token is
 the dedicated id ``n_items`` (the item table has ``n_items + 1`` rows, and the output layer and
 ``full_sort_predict`` use only the first ``n_items``), and NT-Xent builds its masks per call, so
@@ -23,7 +23,6 @@ a last batch smaller than ``train_batch_size`` needs nothing special.
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
@@ -32,6 +31,7 @@ from recbole.model.layers import TransformerEncoder
 from recbole.model.loss import BPRLoss
 from torch import nn
 
+from recbole_cmi import options
 from recbole_cmi.data.augmentation import ContrastiveViews, view_fields
 from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.model.layers import info_nce
@@ -45,24 +45,25 @@ class CL4SRec(SequentialRecommender):
     LOSS_TYPES = ("CE", "BPR")
     SIMILARITIES = ("dot", "cos")
     loss_names = ("rec", "cl")
+    loss_weight_keys = {"cl": "cl_weight"}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.n_layers = _int_option(config, "n_layers", minimum=1)
-        self.n_heads = _int_option(config, "n_heads", minimum=1)
-        self.hidden_size = _int_option(config, "hidden_size", minimum=1)
+        self.n_layers = options.integer(config, "n_layers", minimum=1)
+        self.n_heads = options.integer(config, "n_heads", minimum=1)
+        self.hidden_size = options.integer(config, "hidden_size", minimum=1)
         if self.hidden_size % self.n_heads:
             raise ConfigValueError(f"n_heads must divide hidden_size={self.hidden_size}, got {self.n_heads!r}")
-        self.inner_size = _int_option(config, "inner_size", minimum=1)
-        self.hidden_dropout_prob = _real_option(config, "hidden_dropout_prob", 0.0, 1.0, upper_open=True)
-        self.attn_dropout_prob = _real_option(config, "attn_dropout_prob", 0.0, 1.0, upper_open=True)
-        self.hidden_act = _choice_option(config, "hidden_act", HIDDEN_ACTS)
-        self.layer_norm_eps = _real_option(config, "layer_norm_eps", 0.0, None, lower_open=True)
-        self.initializer_range = _real_option(config, "initializer_range", 0.0, None)
-        self.loss_type = _choice_option(config, "loss_type", self.LOSS_TYPES)
-        self.cl_weight = _real_option(config, "cl_weight", 0.0, None)
-        self.cl_temperature = _real_option(config, "cl_temperature", 0.0, None, lower_open=True)
-        self.cl_similarity = _choice_option(config, "cl_similarity", self.SIMILARITIES)
+        self.inner_size = options.integer(config, "inner_size", minimum=1)
+        self.hidden_dropout_prob = options.real(config, "hidden_dropout_prob", 0.0, 1.0, upper_open=True)
+        self.attn_dropout_prob = options.real(config, "attn_dropout_prob", 0.0, 1.0, upper_open=True)
+        self.hidden_act = options.choice(config, "hidden_act", HIDDEN_ACTS)
+        self.layer_norm_eps = options.real(config, "layer_norm_eps", 0.0, None, lower_open=True)
+        self.initializer_range = options.real(config, "initializer_range", 0.0, None)
+        self.loss_type = options.choice(config, "loss_type", self.LOSS_TYPES)
+        self.cl_weight = options.real(config, "cl_weight", 0.0, None)
+        self.cl_temperature = options.real(config, "cl_temperature", 0.0, None, lower_open=True)
+        self.cl_similarity = options.choice(config, "cl_similarity", self.SIMILARITIES)
         self.view_fields = view_fields(config)
 
         # Row n_items is the [mask] token of the mask augmentation (dataset.item_num, one past the
@@ -147,30 +148,3 @@ class CL4SRec(SequentialRecommender):
         """``[B, n_items]`` scores; the mask token's row is never a candidate."""
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         return seq_output @ self.item_table().T
-
-
-def _int_option(config, key, minimum):
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ConfigValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _real_option(config, key, low, high, lower_open=False, upper_open=False):
-    """A finite number in the interval from ``low`` to ``high`` (``None``: unbounded)."""
-    value = config[key]
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if lower_open else value >= low)
-    if high is not None:
-        ok = ok and (value < high if upper_open else value <= high)
-    if not ok:
-        upper = "inf)" if high is None else f"{high}{')' if upper_open else ']'}"
-        raise ConfigValueError(f"{key} must be a number in {'(' if lower_open else '['}{low}, {upper}, got {value!r}")
-    return float(value)
-
-
-def _choice_option(config, key, choices):
-    value = config[key]
-    if value not in choices:
-        raise ConfigValueError(f"{key} must be one of {list(choices)}, got {value!r}")
-    return value

@@ -1,24 +1,27 @@
 """CMI: contrastive multiple interests (Li et al., SIGIR 2022, arXiv 2205.09593).
 
 Follows the authors' code (libeibei95/CMI, class ``DevCL``, options ``--interest_type Plus
---sampler R``) as restated in ``cmi.md``; equation numbers below refer to its sections.
+--sampler R``) as described in docs/cmi.md, whose sections the references below name.
 
-* Item and m implicit category embeddings live on the unit sphere (§1.2): before each forward
-  pass their rows are re-projected in place (``sphere_projection: True``, as run), or only
-  normalised inside the forward pass (``False``: raw weights kept).
-* Soft assignment p = softmax_l(cos(v, g_l) / ε), zero on padding (§1.2).
-* Interest l: u^l = normalise(Σ_k p_k^l v_k) (§1.3). General interest h = normalise(ReLU(Linear(
-  GRU(V)))[last valid]) with a 1-layer bias-free GRU (§1.4). Final ũ^l = normalise(u^l + h).
-* Score of item j: max_l cos(ũ^l, v_j), per candidate, in training and inference alike (§3.2, §4).
-* Losses (§3.3): recommendation + λ_cl·InfoNCE over (user, interest) pairs of two views (§2.2)
-  + λ_orth·‖GGᵀ − I‖²_F/m² + λ_uni·std(p̄)/mean(p̄) (§1.2).
-  ``loss_type``: ``SAMPLED`` — the paper's sampled softmax over the row's positive and the
-  negatives of every row in the batch (§3.2); ``CE`` — RecBole's full softmax over all items;
+* Item and m implicit category embeddings live on the unit sphere (docs/cmi.md §1.1): before
+  each forward pass their rows are re-projected in place (``sphere_projection: True``, as run),
+  or only normalised inside the forward pass (``False``: raw weights kept).
+* Soft assignment p = softmax_l(cos(v, g_l) / ε), zero on padding (docs/cmi.md §1.2).
+* Interest l: u^l = normalise(Σ_k p_k^l v_k) (docs/cmi.md §1.4). General interest
+  h = normalise(ReLU(Linear(GRU(V)))[last valid]) with a 1-layer bias-free GRU (docs/cmi.md §1.5).
+  Final ũ^l = normalise(u^l + h).
+* Score of item j: max_l cos(ũ^l, v_j), per candidate, in training and inference alike
+  (docs/cmi.md §3.2, §4.1).
+* Losses (docs/cmi.md §3.3): recommendation + λ_cl·InfoNCE over (user, interest) pairs of two
+  views (docs/cmi.md §2.2) + λ_orth·‖GGᵀ − I‖²_F/m² + λ_uni·std(p̄)/mean(p̄) (docs/cmi.md §1.3).
+  ``loss_type``: ``SAMPLED`` — the authors' sampled softmax over the row's positive and the
+  negatives of every row in the batch (docs/cmi.md §3.2); ``CE`` — RecBole's full softmax over all
+  items;
   ``BPR`` — against RecBole's sampled negative. Logits are cosine scores / τ in all three.
 * With the contrastive loss on, the recommendation loss is computed on the two views, both
-  with the row's target as positive (§2.1/§3.1: the authors train on the views; their ``O``
+  with the row's target as positive (docs/cmi.md §3.4: the authors train on the views; their ``O``
   sampler, the no-CL ablation, trains on the whole history). RecBole's pipeline supplies the
-  target: the next item of an all-prefix expansion, not a random later item (§3.1).
+  target: the next item of an all-prefix expansion, not a random later item (docs/cmi.md §3.1).
   ``rec_loss_input: history`` (ours) scores the whole history against the target instead, as at
   inference, and keeps the views for the contrastive loss only (one more encoder pass per row).
 * ``sparse_item_updates: True`` (ours, off by default): the item table gets sparse gradients and
@@ -37,6 +40,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from recbole_cmi import options
 from recbole_cmi.data.augmentation import ContrastiveViews, view_fields
 from recbole_cmi.data.sampler import SHARED_NEG_FIELD, SharedNegatives
 from recbole_cmi.errors import ConfigValueError
@@ -53,39 +57,42 @@ def _require(condition: bool, message: str):
 
 
 def orthogonality_loss(categories: torch.Tensor) -> torch.Tensor:
-    """‖GGᵀ − I‖²_F / m² for unit-norm category rows G [m, d] (cmi.md §1.2)."""
+    """‖GGᵀ − I‖²_F / m² for unit-norm category rows G [m, d] (docs/cmi.md §1.3)."""
     m = categories.shape[0]
     gram = categories @ categories.T
     return ((gram - torch.eye(m, device=categories.device)) ** 2).sum() / m**2
 
 
 def uniformity_loss(assignment: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """std(p̄) / mean(p̄), p̄ the mean assignment over all valid positions (cmi.md §1.2)."""
+    """std(p̄) / mean(p̄), p̄ the mean assignment over all valid positions (docs/cmi.md §1.3)."""
     usage = assignment[valid].mean(dim=0)
     return usage.std() / usage.mean()
 
 
 class CMI(SequentialRecommender):
     loss_names = ("rec", "cl", "orth", "uni")
+    loss_weight_keys = {"cl": "cl_weight", "orth": "orth_weight", "uni": "uniform_weight"}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.embedding_size = config["embedding_size"]
-        self.num_interest = config["num_interest"]
-        self.assign_temperature = config["assign_temperature"]
-        self.temperature = config["temperature"]
-        self.cl_temperature = config["cl_temperature"]
-        self.cl_weight = config["cl_weight"]
-        self.orth_weight = config["orth_weight"]
-        self.uniform_weight = config["uniform_weight"]
-        self.use_general_interest = bool(config["use_general_interest"])
-        self.sphere_projection = bool(config["sphere_projection"])
-        self.category_init = config["category_init"]
-        self.loss_type = config["loss_type"]
-        self.rec_loss_input = config["rec_loss_input"]
-        self.score_chunk_size = config["score_chunk_size"]
-        self.sparse_item_updates = bool(config["sparse_item_updates"])
-        self._validate()
+        self.embedding_size = options.integer(config, "embedding_size", minimum=1)
+        self.num_interest = options.integer(config, "num_interest", minimum=1)
+        for key in ("assign_temperature", "temperature", "cl_temperature"):
+            setattr(self, key, options.real(config, key, low=0, lower_open=True))
+        for key in ("cl_weight", "orth_weight", "uniform_weight"):
+            setattr(self, key, options.real(config, key, low=0))
+        self.use_general_interest = options.flag(config, "use_general_interest")
+        self.sphere_projection = options.flag(config, "sphere_projection")
+        self.category_init = options.choice(config, "category_init", CATEGORY_INITS)
+        self.loss_type = options.choice(config, "loss_type", LOSS_TYPES)
+        self.rec_loss_input = options.choice(config, "rec_loss_input", REC_LOSS_INPUTS)
+        self.score_chunk_size = options.integer(config, "score_chunk_size", minimum=0, default=0)
+        self.sparse_item_updates = options.flag(config, "sparse_item_updates", default=False)
+        self.cl_mask_same_user = options.flag(config, "cl_mask_same_user", default=True)
+        _require(
+            not (self.sparse_item_updates and self.loss_type == "CE"),
+            "sparse_item_updates: True needs loss_type SAMPLED or BPR: CE scores every item, so its gradient is dense",
+        )
         _require(
             not (self.sparse_item_updates and (int(config["world_size"] or 1) > 1 or int(config["nproc"] or 1) > 1)),
             "sparse_item_updates: True runs in one process only (DDP does not reduce the sparse item gradients); "
@@ -103,32 +110,9 @@ class CMI(SequentialRecommender):
         self.general_mlp = nn.Sequential(nn.Linear(d, d), nn.ReLU())
         self._init_parameters()
 
-    def _validate(self):
-        _require(
-            self.loss_type in LOSS_TYPES, f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}"
-        )
-        _require(int(self.num_interest) >= 1, f"num_interest (m) must be >= 1, got {self.num_interest}")
-        _require(int(self.embedding_size) >= 1, f"embedding_size must be >= 1, got {self.embedding_size}")
-        for key in ("assign_temperature", "temperature", "cl_temperature"):
-            _require(float(getattr(self, key)) > 0, f"{key} must be > 0, got {getattr(self, key)}")
-        for key in ("cl_weight", "orth_weight", "uniform_weight"):
-            _require(float(getattr(self, key)) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
-        _require(
-            self.category_init in CATEGORY_INITS,
-            f"category_init must be one of {', '.join(CATEGORY_INITS)}, got {self.category_init!r}",
-        )
-        _require(
-            self.rec_loss_input in REC_LOSS_INPUTS,
-            f"rec_loss_input must be one of {', '.join(REC_LOSS_INPUTS)}, got {self.rec_loss_input!r}",
-        )
-        _require(
-            not (self.sparse_item_updates and self.loss_type == "CE"),
-            "sparse_item_updates: True needs loss_type SAMPLED or BPR: CE scores every item, so its gradient is dense",
-        )
-
     def _init_parameters(self):
         # The authors' init_parameter: U(-1/sqrt(d), 1/sqrt(d)) for every parameter; the
-        # orthogonal init it meant for the categories never matched a parameter name (cmi.md §1.5).
+        # orthogonal init it meant for the categories never matched a parameter name (docs/cmi.md §1.6).
         bound = 1.0 / math.sqrt(self.embedding_size)
         for parameter in self.parameters():
             nn.init.uniform_(parameter, -bound, bound)
@@ -174,7 +158,7 @@ class CMI(SequentialRecommender):
 
     # ----------------------------------------------------------------- encoder
     def assignment(self, item_seq: torch.Tensor) -> torch.Tensor:
-        """p[b, k, l] = softmax_l(cos(v_k, g_l)/ε), 0 on padding (cmi.md §1.2). [B, L, m]."""
+        """p[b, k, l] = softmax_l(cos(v_k, g_l)/ε), 0 on padding (docs/cmi.md §1.2). [B, L, m]."""
         vectors = self.item_vectors(item_seq)
         logits = vectors @ self.category_vectors().T / self.assign_temperature
         return torch.softmax(logits, dim=-1) * (item_seq > 0).unsqueeze(-1)
@@ -210,7 +194,7 @@ class CMI(SequentialRecommender):
         pos_scores = max_over_interests_paired(interests, self.item_vectors(pos_items))
         if self.loss_type == "SAMPLED":
             # Every view row carries its user's negative, so each negative is a candidate
-            # `repeat` times (cmi.md §3.2): adding log(repeat) to its logit is the same softmax.
+            # `repeat` times (docs/cmi.md §3.2): adding log(repeat) to its logit is the same softmax.
             neg_scores = max_over_interests(interests, self.item_vectors(interaction[SHARED_NEG_FIELD]))
             logits = torch.cat([pos_scores.unsqueeze(1), neg_scores + self.temperature * math.log(repeat)], dim=1)
             logits = logits / self.temperature
@@ -242,8 +226,14 @@ class CMI(SequentialRecommender):
         zero = rec.new_zeros(())
         if self.use_views:
             first, second = interests[-2 * batch_size :].chunk(2)
+            exclude = self._same_user_pairs(interaction) if self.cl_mask_same_user else None
             cl = self.cl_weight * info_nce(
-                first.flatten(0, 1), second.flatten(0, 1), self.cl_temperature, "cos", in_view_negatives=False
+                first.flatten(0, 1),
+                second.flatten(0, 1),
+                self.cl_temperature,
+                "cos",
+                in_view_negatives=False,
+                exclude=exclude,
             )
         else:
             cl = zero
@@ -254,6 +244,23 @@ class CMI(SequentialRecommender):
             else zero
         )
         return rec, cl, orth, uni
+
+    def _same_user_pairs(self, interaction) -> torch.Tensor | None:
+        """``[B·m, B·m]``: True where two (history, interest) rows come from different histories of one user.
+
+        RecBole trains on every prefix of a history, so a batch holds several prefixes of a user; their
+        interests are false negatives for each other in the InfoNCE (docs/cmi.md §2.2). The m interests of
+        one history stay negatives of each other, as the authors contrast them.
+        """
+        if self.USER_ID not in interaction:
+            return None
+        users = interaction[self.USER_ID]
+        rows = torch.arange(users.shape[0], device=users.device)
+        same_user = (users[:, None] == users[None, :]) & (rows[:, None] != rows[None, :])
+        if not same_user.any():
+            return None
+        m = self.num_interest
+        return same_user.repeat_interleave(m, dim=0).repeat_interleave(m, dim=1)
 
     # ----------------------------------------------------------------- inference
     def predict(self, interaction):

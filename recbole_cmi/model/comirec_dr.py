@@ -1,7 +1,7 @@
 """ComiRec-DR (Cen et al., KDD 2020, "Controllable Multi-Interest Framework for Recommendation").
 
 Follows the official TF code, THUDM/ComiRec ``src/model.py`` (``CapsuleNetwork`` with
-``bilinear_type=2``, ``Model_ComiRec_DR``), as summarised in anchors.md §3.3. The routing
+``bilinear_type=2``, ``Model_ComiRec_DR``), as summarised in docs/baselines.md §1.3. The routing
 softmax runs over the *interest* axis, as in the TF code and as the authors confirm
 (THUDM/ComiRec#2); the popular PyTorch ports normalise over the sequence instead.
 Training readout, losses and scoring are shared with ComiRec-SA (:class:`ComiRecBase`).
@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from recbole_cmi import options
 from recbole_cmi.model.comirec_sa import ComiRecBase
 
 
@@ -22,7 +23,7 @@ def squash(capsules):
 
 
 def dynamic_routing(item_hat, mask, routing_times, stop_gradient=True):
-    """ComiRec-DR dynamic routing (anchors.md §3.3).
+    """ComiRec-DR dynamic routing (docs/baselines.md §1.3).
 
     Args:
         item_hat: ``[B, K, L, d]`` the predictions ``ê_{j|t} = W_{t,j} e_t``.
@@ -84,7 +85,7 @@ class ComiRecDR(ComiRecBase):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.routing_times = self._int_option(config, "routing_times", minimum=1)
+        self.routing_times = options.integer(config, "routing_times", minimum=1)
         self.interest_extractor = CapsuleInterests(
             self.embedding_size, self.num_interest, self.max_seq_length, routing_times=self.routing_times
         )

@@ -1,11 +1,11 @@
 """ComiRec-SA (Cen et al., KDD 2020, "Controllable Multi-Interest Framework for Recommendation").
 
 Follows the official TF code, THUDM/ComiRec ``src/model.py`` (``Model`` and
-``Model_ComiRec_SA``), as summarised in anchors.md §3.1-§3.4. :class:`ComiRecBase` holds what
+``Model_ComiRec_SA``), as summarised in docs/baselines.md §1.1-§1.4. :class:`ComiRecBase` holds what
 ComiRec-SA and ComiRec-DR share: the item table, the hard readout, the losses and the scoring.
 
 One deliberate change: the official loss is TF's sampled softmax with ``10 x batch_size``
-log-uniform negatives (anchors.md §3.4). ``loss_type: CE`` uses the full softmax over the
+log-uniform negatives (docs/baselines.md §1.4). ``loss_type: CE`` uses the full softmax over the
 catalogue instead, which that sampled softmax approximates: the official Book setting samples
 1,280 classes per step, more than the bundled micro_video's 1,200 items. ``loss_type: BPR``
 scores the readout against one sampled negative.
@@ -13,14 +13,12 @@ scores the readout against one sampled negative.
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 from torch import nn
 
-from recbole_cmi.errors import ConfigValueError
+from recbole_cmi import options
 from recbole_cmi.model.layers import max_over_interests, max_over_interests_paired
 
 # The official code's value for padded attention logits; exp() of it underflows to exactly 0.
@@ -37,30 +35,14 @@ class ComiRecBase(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.embedding_size = self._int_option(config, "embedding_size", minimum=1)
-        self.num_interest = self._int_option(config, "num_interest", minimum=1)
-        self.score_chunk_size = self._int_option(config, "score_chunk_size", minimum=0)
-        self.loss_type = config["loss_type"]
-        if self.loss_type not in self.LOSS_TYPES:
-            raise ConfigValueError(f"loss_type must be one of {list(self.LOSS_TYPES)}, got {self.loss_type!r}")
+        self.embedding_size = options.integer(config, "embedding_size", minimum=1)
+        self.num_interest = options.integer(config, "num_interest", minimum=1)
+        self.score_chunk_size = options.integer(config, "score_chunk_size", minimum=0)
+        self.loss_type = options.choice(config, "loss_type", self.LOSS_TYPES)
 
-        # One table for history and targets (anchors.md §3.1); row 0 is RecBole's padding id.
+        # One table for history and targets (docs/baselines.md §1.1); row 0 is RecBole's padding id.
         self.item_embedding = nn.Embedding(self.n_items, self.embedding_size, padding_idx=0)
         self.loss_fct = nn.CrossEntropyLoss() if self.loss_type == "CE" else BPRLoss()
-
-    @staticmethod
-    def _int_option(config, key, minimum):
-        value = config[key]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-            raise ConfigValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
-        return int(value)
-
-    @staticmethod
-    def _bool_option(config, key):
-        value = config[key]
-        if not isinstance(value, bool):
-            raise ConfigValueError(f"{key} must be True or False, got {value!r}")
-        return value
 
     @staticmethod
     def _init_weights(module):
@@ -84,7 +66,7 @@ class ComiRecBase(SequentialRecommender):
 
     @staticmethod
     def readout(interests, target_embedding):
-        """Hard readout (anchors.md §3.4): the interest with the largest inner product with the target.
+        """Hard readout (docs/baselines.md §1.4): the interest with the largest inner product with the target.
 
         ``interests [B, K, d]``, ``target_embedding [B, d]`` -> ``[B, d]``. The official
         ``argmax(softmax(score**1))`` equals ``argmax(score)``; ties go to the lowest index, as in TF.
@@ -108,7 +90,7 @@ class ComiRecBase(SequentialRecommender):
 
     def full_sort_predict(self, interaction):
         """``[B, n_items]``: each item scored by its best interest (equals the official per-interest
-        top-N merge, anchors.md §2.1)."""
+        top-N merge, docs/baselines.md §1.5)."""
         interests = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         return max_over_interests(interests, self.item_embedding.weight, self.score_chunk_size)
 
@@ -117,7 +99,7 @@ class SelfAttentiveInterests(nn.Module):
     """ComiRec-SA's multi-interest extractor: ``A = softmax(W2 tanh(W1 (H + P)))``, ``V_u = A H``.
 
     The softmax runs over the valid positions of each of the K attention rows; the position
-    embedding P only shapes the attention, the values are the plain masked H (anchors.md §3.2).
+    embedding P only shapes the attention, the values are the plain masked H (docs/baselines.md §1.2).
     """
 
     def __init__(self, embedding_size, num_interest, max_seq_length, add_pos=True):
@@ -146,7 +128,7 @@ class ComiRecSA(ComiRecBase):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.add_pos = self._bool_option(config, "add_pos")
+        self.add_pos = options.flag(config, "add_pos")
         self.interest_extractor = SelfAttentiveInterests(
             self.embedding_size, self.num_interest, self.max_seq_length, add_pos=self.add_pos
         )

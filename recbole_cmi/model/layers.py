@@ -1,10 +1,10 @@
 """Pieces shared by the multi-interest and contrastive models.
 
 * :func:`max_over_interests` — the score of an item for a multi-interest user is the best of its
-  interests' scores (cmi.md §3.2, §4; anchors.md §2.1). CMI and ComiRec use it in training and in
+  interests' scores (docs/cmi.md §3.2, §4.1; docs/baselines.md §1.5). CMI and ComiRec use it in training and in
   ``full_sort_predict``, computed over item chunks so that memory stays ``B x K x chunk``.
 * :func:`info_nce` — InfoNCE / NT-Xent between two views: CMI's symmetric cross-view form
-  (cmi.md §2.2) and CL4SRec's NT-Xent with in-view negatives (anchors.md §4.2) are options of
+  (docs/cmi.md §2.2) and CL4SRec's NT-Xent with in-view negatives (docs/baselines.md §2.1) are options of
   one function.
 """
 
@@ -47,6 +47,7 @@ def info_nce(
     similarity: str = "cos",
     in_view_negatives: bool = False,
     combine: str = "sum",
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Contrastive loss between row-aligned views: row ``i`` of ``view_a`` and of ``view_b`` are positives.
 
@@ -58,6 +59,10 @@ def info_nce(
             True: also the other rows of its own view (SimCLR / NT-Xent, CL4SRec).
         combine: the two directions (a->b, b->a), each a mean over its N anchors, are summed
             (``"sum"``, CMI) or averaged (``"mean"``, NT-Xent's mean over 2N anchors).
+        exclude: optional ``[N, N]`` bool: ``exclude[i, j]`` drops row ``j`` of the other view from the
+            negatives of anchor ``i`` (and ``i`` from those of ``j`` in the other direction), e.g. rows of
+            another history of the same user, which are false negatives. The diagonal (the positives)
+            must be False. Cross-view negatives only (``in_view_negatives=False``).
     """
     if similarity == "cos":
         view_a, view_b = F.normalize(view_a, dim=-1), F.normalize(view_b, dim=-1)
@@ -65,13 +70,19 @@ def info_nce(
         raise ValueError(f"similarity must be 'cos' or 'dot', got {similarity!r}")
     if combine not in ("sum", "mean"):
         raise ValueError(f"combine must be 'sum' or 'mean', got {combine!r}")
+    if exclude is not None and in_view_negatives:
+        raise ValueError("exclude applies to cross-view negatives only (in_view_negatives=False)")
+    if exclude is not None and not exclude.any():
+        exclude = None
     if similarity == "cos" and not in_view_negatives and 2.0 / temperature <= _FUSED_MAX_LOGIT_RANGE:
-        total = _SymmetricCrossViewInfoNCE.apply(view_a, view_b, temperature)
+        total = _SymmetricCrossViewInfoNCE.apply(view_a, view_b, temperature, exclude)
         return total if combine == "sum" else total / 2
     n = view_a.shape[0]
     # Scaling one side by 1/τ costs N·d, not N²; the two directions share one logit matrix
     # (row- and column-wise log-sum-exp), so no transposed copy is materialised.
     cross = (view_a / temperature) @ view_b.T
+    if exclude is not None:
+        cross = cross.masked_fill(exclude, float("-inf"))
     positives = cross.diagonal()
     row_lse, col_lse = torch.logsumexp(cross, dim=1), torch.logsumexp(cross, dim=0)
     if in_view_negatives:
@@ -98,8 +109,10 @@ class _SymmetricCrossViewInfoNCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, view_a, view_b, temperature):
+    def forward(ctx, view_a, view_b, temperature, exclude=None):
         exp_logits = ((view_a / temperature) @ view_b.T).exp_()
+        if exclude is not None:  # an excluded pair adds nothing to r or c, and so gets no gradient
+            exp_logits.masked_fill_(exclude, 0.0)
         row_sum, col_sum = exp_logits.sum(dim=1), exp_logits.sum(dim=0)
         positives = (view_a * view_b).sum(dim=1) / temperature
         ctx.save_for_backward(view_a, view_b, exp_logits, row_sum, col_sum)
@@ -119,4 +132,4 @@ class _SymmetricCrossViewInfoNCE(torch.autograd.Function):
         e_t_a = exp_logits.T @ torch.cat([row_weight * view_a, view_a], dim=1)
         grad_a = row_weight * e_b[:, :d] + e_b[:, d:] - 2.0 * scale * view_b
         grad_b = e_t_a[:, :d] + col_weight * e_t_a[:, d:] - 2.0 * scale * view_a
-        return grad_a, grad_b, None
+        return grad_a, grad_b, None, None

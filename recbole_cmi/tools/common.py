@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from recbole_cmi.errors import RecboleCmiError
+from recbole_cmi.retrieval import item_table
 
 
 class ToolError(RecboleCmiError, ValueError):
@@ -24,13 +25,11 @@ def pyplot():
     return plt
 
 
-def load(checkpoint):
-    """``load_data_and_model`` with a clear error for a missing file."""
+def load(checkpoint, trust: bool = False):
+    """``load_data_and_model``: read without running code in the file unless ``trust`` (``--trust_checkpoint``)."""
     from recbole_cmi.quick_start import load_data_and_model
 
-    if not os.path.isfile(str(checkpoint)):
-        raise ToolError(f"checkpoint file not found: {checkpoint}")
-    return load_data_and_model(str(checkpoint))
+    return load_data_and_model(str(checkpoint), trust=trust)
 
 
 # --------------------------------------------------------------------------- histories
@@ -144,15 +143,6 @@ def _natural_key(text: str):
 
 
 # --------------------------------------------------------------------------- scoring
-def item_table(model) -> torch.Tensor:
-    """The item vectors a model scores with: CMI's unit vectors, else the item embedding table."""
-    if hasattr(model, "item_vectors"):
-        return model.item_vectors()
-    if hasattr(model, "item_embedding"):
-        return model.item_embedding.weight[: model.n_items]
-    raise ToolError(f"{type(model).__name__} has no item embedding table")
-
-
 @torch.no_grad()
 def score_users(model, item_seq, item_seq_len, user_ids=None):
     """``(scores [B, n_items], per-interest scores [B, K, n_items] or None)`` for sequential models.
@@ -186,7 +176,7 @@ def score_users(model, item_seq, item_seq_len, user_ids=None):
 
 
 def parse_value(text: str):
-    """A command-line value as RecBole's Config reads it (numbers, lists, True/False, else the string)."""
-    from recbole.config import Config
+    """A command-line value as our Config reads it (numbers, lists, True/False, else the string; never code)."""
+    from recbole_cmi.config import literal_value
 
-    return Config._convert_config_dict(None, {"value": text})["value"]
+    return literal_value(text)

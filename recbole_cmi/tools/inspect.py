@@ -95,9 +95,9 @@ def kmeans_labels(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=k, random_state=seed, n_init=10).fit_predict(x)
 
 
-def baseline_vectors(baseline_checkpoint, dataset) -> tuple[str, np.ndarray]:
+def baseline_vectors(baseline_checkpoint, dataset, trust: bool = False) -> tuple[str, np.ndarray]:
     """``(model name, item vectors [n_items, d])`` of a baseline trained on the same items."""
-    _, model, base_dataset, *_ = load(baseline_checkpoint)
+    _, model, base_dataset, *_ = load(baseline_checkpoint, trust)
     iid = dataset.iid_field
     if base_dataset.dataset_name != dataset.dataset_name or not np.array_equal(
         np.asarray(base_dataset.field2id_token[iid]), np.asarray(dataset.field2id_token[iid])
@@ -119,11 +119,15 @@ def inspect_checkpoint(
     baseline_checkpoint=None,
     seed: int = 2022,
     category_field="category",
+    trust_checkpoint: bool = False,
 ) -> dict:
-    """Write the PNGs and ``report.md`` into ``out``; returns the numbers (also in ``summary.json``)."""
+    """Write the PNGs and ``report.md`` into ``out``; returns the numbers (also in ``summary.json``).
+
+    ``trust_checkpoint`` also reads pickled (old) checkpoints, which can run code (``recbole_cmi.checkpoint``).
+    """
     if users < 0 or top < 1:
         raise ToolError(f"--users must be >= 0 and --top >= 1, got {users} and {top}")
-    config, model, dataset, train_data, _, _ = load(checkpoint)
+    config, model, dataset, train_data, _, _ = load(checkpoint, trust_checkpoint)
     require_cmi(model, checkpoint)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +158,18 @@ def inspect_checkpoint(
     if codes is not None:
         labelled = seen[codes[seen] >= 0]
         recovery = _recovery(
-            out, model, implicit, codes, names, labelled, dataset, baseline_checkpoint, seed, summary, category_field
+            out,
+            model,
+            implicit,
+            codes,
+            names,
+            labelled,
+            dataset,
+            baseline_checkpoint,
+            seed,
+            summary,
+            category_field,
+            trust=trust_checkpoint,
         )
         sections.append(recovery)
     else:
@@ -239,7 +254,9 @@ def _typical_items(model, assign, item_ids, codes, names, top) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _recovery(out, model, implicit, codes, names, labelled, dataset, baseline_checkpoint, seed, summary, field) -> str:
+def _recovery(
+    out, model, implicit, codes, names, labelled, dataset, baseline_checkpoint, seed, summary, field, trust=False
+) -> str:
     plt = pyplot()
     m, k = model.num_interest, len(names)
     truth = codes[labelled]
@@ -250,7 +267,7 @@ def _recovery(out, model, implicit, codes, names, labelled, dataset, baseline_ch
             kmeans_labels(cmi_vectors[labelled], clusters, seed), truth
         )
     if baseline_checkpoint:
-        name, vectors = baseline_vectors(baseline_checkpoint, dataset)
+        name, vectors = baseline_vectors(baseline_checkpoint, dataset, trust)
         scores[f"k-means of {name} item embeddings (k = {k})"] = cluster_agreement(
             kmeans_labels(vectors[labelled], k, seed), truth
         )

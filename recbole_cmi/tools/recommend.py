@@ -5,6 +5,10 @@ The model sees the user's whole interaction sequence (train + valid + test, its 
 interacted with is excluded. Scores are the model's ``full_sort_predict``; for multi-interest
 models (``forward`` returns ``[B, K, d]`` and the score is the best interest's) each item also
 gets the interest it came from: the argmax over interests of its score.
+
+With ``retrieval`` set to faiss (``--retrieval faiss``) the items come from the same per-interest search as
+full-sort evaluation (:func:`recbole_cmi.retrieval.retrieve`): each interest's top items from a faiss index,
+merged by the best interest's exact score, the known items excluded from the search.
 """
 
 from __future__ import annotations
@@ -13,6 +17,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+from recbole_cmi.retrieval import (
+    ItemIndex,
+    RetrievalSettings,
+    build_item_index,
+    interest_vectors,
+    is_multi_interest,
+    item_table,
+    retrieve,
+)
 from recbole_cmi.tools.common import ToolError, score_users, tokens, user_history, user_index
 
 
@@ -27,20 +40,29 @@ class Recommendation:
 
 
 @torch.no_grad()
-def recommend(model, dataset, user: str, topk: int = 20) -> Recommendation:
-    """Rank all items for ``user`` (original id) after their whole history; history items excluded."""
+def recommend(
+    model,
+    dataset,
+    user: str,
+    topk: int = 20,
+    retrieval: RetrievalSettings | None = None,
+    index: ItemIndex | None = None,
+) -> Recommendation:
+    """Rank all items for ``user`` (original id) after their whole history; history items excluded.
+
+    ``retrieval``: exact (None or mode ``exact``: every item scored by ``full_sort_predict``) or faiss; a
+    faiss ``index`` already built for ``model`` may be passed to serve several users.
+    """
     if topk < 1:
         raise ToolError(f"--topk must be >= 1, got {topk}")
     uid = user_index(dataset, user)
     seq, length, known = user_history(dataset, uid)
-    scores, per_interest = score_users(model, seq, length, torch.tensor([uid]))
-    scores = scores[0].clone()
-    scores[0] = -torch.inf
-    scores[known] = -torch.inf
-    k = min(topk, int(torch.isfinite(scores).sum()))
-    if k == 0:
+    if retrieval is not None and retrieval.mode == "faiss":
+        items, values, interests = _retrieve(model, seq, length, known, topk, retrieval, index)
+    else:
+        items, values, interests = _rank_exactly(model, seq, length, known, topk, uid)
+    if len(items) == 0:
         raise ToolError(f"user {user!r} has interacted with every item: nothing left to recommend")
-    values, items = scores.topk(k)
     iid = dataset.iid_field
     return Recommendation(
         user=user,
@@ -48,8 +70,27 @@ def recommend(model, dataset, user: str, topk: int = 20) -> Recommendation:
         known=len(known),
         items=tokens(dataset, iid, items),
         scores=values.tolist(),
-        interests=per_interest[0][:, items].argmax(dim=0).tolist() if per_interest is not None else None,
+        interests=interests,
     )
+
+
+def _rank_exactly(model, seq, length, known, topk, uid):
+    scores, per_interest = score_users(model, seq, length, torch.tensor([uid]))
+    scores = scores[0].clone()
+    scores[0] = -torch.inf
+    scores[known] = -torch.inf
+    values, items = scores.topk(min(topk, int(torch.isfinite(scores).sum())))
+    interests = per_interest[0][:, items].argmax(dim=0).tolist() if per_interest is not None else None
+    return items, values, interests
+
+
+def _retrieve(model, seq, length, known, topk, retrieval, index):
+    model.eval()
+    index = index if index is not None else build_item_index(model, retrieval)
+    found = retrieve(index, interest_vectors(model, seq, length), item_table(model), topk, known.unsqueeze(0))
+    kept = torch.isfinite(found.scores[0])
+    interests = found.interests[0][kept].tolist() if is_multi_interest(model) else None
+    return found.items[0][kept], found.scores[0][kept], interests
 
 
 def format_recommendation(rec: Recommendation, model_name: str) -> str:

@@ -1,4 +1,4 @@
-"""Robustness to noisy histories (cmi.md §6, a guessed design): perturb the test inputs, re-evaluate.
+"""Robustness to noisy histories (docs/cmi.md §6.3, a guessed design): perturb the test inputs, re-evaluate.
 
 For each p, a fraction p of every test history's items is dropped at random (at least one item
 is kept), or separately replaced by random other items. The perturbation is applied once to the
@@ -25,7 +25,7 @@ from recbole_cmi.tools.common import ToolError, load, parse_value, pyplot
 
 MODES = ("drop", "replace")
 
-# label -> (model, config overrides): the ablations of cmi.md §6 by name.
+# label -> (model, config overrides): the ablations of docs/cmi.md §6.2 by name.
 ALIASES = {
     "CMI_noCL": ("CMI", {"cl_weight": 0.0}),
     "CMI_noOrth": ("CMI", {"orth_weight": 0.0}),
@@ -182,13 +182,13 @@ def parse_fractions(text: str) -> list[float]:
 
 
 # --------------------------------------------------------------------------- the study
-def evaluate_under_noise(checkpoint, fractions, seed: int, topk: int = 20):
+def evaluate_under_noise(checkpoint, fractions, seed: int, topk: int = 20, trust: bool = False):
     """``(config, {(mode, p): {"recall@k": .., "ndcg@k": ..}})`` for one checkpoint on its test split."""
     from recbole.utils import ModelType
 
     from recbole_cmi.utils import get_trainer
 
-    config, model, dataset, _, _, test_data = load(checkpoint)
+    config, model, dataset, _, _, test_data = load(checkpoint, trust)
     n_items = dataset.item_num - 1
     if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
         raise ToolError(f"{config['model']} is not a sequential model: the study perturbs histories")
@@ -215,11 +215,18 @@ def run_study(specs, dataset, fractions, seed=2022, out="reports/robustness", pr
     """Train (or load) every model, evaluate it under noise, write ``<prefix>.{csv,md,png}`` into ``out``.
 
     ``kwargs``: ``config_files``, ``config_dict`` (shared by every trained model; a spec's own
-    keys win) and ``topk``. A model that fails is reported (``error``) and the others go on.
+    keys win), ``topk`` and ``trust_checkpoint``. A model that fails is reported (``error``) and
+    the others go on; a given checkpoint that cannot be read safely stops the study before any
+    training (a :class:`recbole_cmi.errors.CheckpointError`).
     Returns the rows written to the csv.
     """
+    from recbole_cmi.checkpoint import load_checkpoint
     from recbole_cmi.quick_start import run_recbole_cmi
 
+    trust = bool(kwargs.get("trust_checkpoint", False))
+    for spec in specs:  # the user's files first: a refused one should not wait for hours of training
+        if spec.checkpoint is not None:
+            load_checkpoint(spec.checkpoint, trust=trust)
     config_files = kwargs.get("config_files")
     shared = dict(kwargs.get("config_dict") or {})
     topk = int(kwargs.get("topk", 20))
@@ -233,7 +240,9 @@ def run_study(specs, dataset, fractions, seed=2022, out="reports/robustness", pr
                 result = run_recbole_cmi(spec.model, dataset, config_files, {**shared, **spec.overrides}, saved=True)
                 checkpoint = result["saved_model_file"]
             print(f"[robustness] evaluating {label}: {checkpoint}", file=sys.stderr)
-            config, results = evaluate_under_noise(checkpoint, fractions, seed, topk)
+            config, results = evaluate_under_noise(
+                checkpoint, fractions, seed, topk, trust and spec.checkpoint is not None
+            )
             label = spec.label or checkpoint_label(config)
             while label in labels:
                 label += "'"

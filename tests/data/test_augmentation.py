@@ -1,8 +1,8 @@
 """The shared contrastive views (recbole_cmi.data.augmentation), used by CMI and CL4SRec.
 
-Each operation is checked row by row against its definition (cmi.md §2.1; CL4SRec, Xie et al.
-ICDE 2022, Eq. 5-7; anchors.md §4.1) on random batches, then the defects of the public CL4SRec
-code (anchors.md §4.3: aliasing, zero-length crops) and the train-only hook on real loaders.
+Each operation is checked row by row against its definition (docs/cmi.md §2.1; CL4SRec, Xie et al.
+ICDE 2022, Eq. 5-7; docs/baselines.md §2.1) on random batches, then the defects of the public CL4SRec
+code (docs/baselines.md §2.3: aliasing, zero-length crops) and the train-only hook on real loaders.
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ def test_the_hook_defaults():
 @pytest.mark.parametrize(
     ("key", "value", "accepted"),
     [
-        ("cl_augmentation", "shuffle", "random_split, crop, mask, reorder, random"),
+        ("cl_augmentation", "shuffle", "one of 'random_split', 'crop', 'mask', 'reorder', 'random'"),
         ("crop_eta", -0.1, "[0, 1]"),
         ("mask_gamma", 1.5, "[0, 1]"),
         ("reorder_beta", "half", "[0, 1]"),

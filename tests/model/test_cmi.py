@@ -175,6 +175,75 @@ def test_fused_info_nce_value_and_gradients_match_autograd():
     assert sharp.item() == pytest.approx(want.item(), rel=1e-10)
 
 
+def _masked_info_nce_loop(a, b, temperature, exclude):
+    """Both directions of the cross-view InfoNCE, one anchor at a time, excluded pairs left out of the sum."""
+    n, total = a.shape[0], 0.0
+    for i in range(n):
+        for anchor, other in ((a, b), (b, a)):
+            kept = [j for j in range(n) if not exclude[i, j]]
+            logits = torch.stack([anchor[i] @ other[j] for j in kept]) / temperature
+            total = total - torch.log_softmax(logits, 0)[kept.index(i)]
+    return total / n
+
+
+@pytest.mark.parametrize(("similarity", "temperature"), [("cos", 0.1), ("cos", 0.02), ("dot", 0.5)])
+def test_info_nce_leaves_excluded_pairs_out_of_the_negatives(similarity, temperature):
+    """Fused (cos, τ 0.1) and log-sum-exp paths against an explicit loop, values and gradients."""
+    generator = torch.Generator().manual_seed(1)
+    raw_a = torch.randn(6, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    raw_b = torch.randn(6, 4, dtype=torch.float64, generator=generator, requires_grad=True)
+    users = torch.tensor([0, 1, 0, 2, 1, 0])
+    exclude = (users[:, None] == users[None, :]) & ~torch.eye(6, dtype=torch.bool)
+
+    got = info_nce(raw_a, raw_b, temperature, similarity, exclude=exclude)
+    got_grads = torch.autograd.grad(got, (raw_a, raw_b))
+    a, b = (F.normalize(raw_a, dim=-1), F.normalize(raw_b, dim=-1)) if similarity == "cos" else (raw_a, raw_b)
+    want = _masked_info_nce_loop(a, b, temperature, exclude)
+    want_grads = torch.autograd.grad(want, (raw_a, raw_b))
+
+    assert got.item() == pytest.approx(want.item(), rel=1e-10)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-10)
+    # Nothing excluded (an all-False mask) is the unmasked loss.
+    plain = info_nce(raw_a, raw_b, temperature, similarity)
+    assert info_nce(raw_a, raw_b, temperature, similarity, exclude=torch.zeros(6, 6, dtype=torch.bool)) == plain
+    assert got.item() < plain.item()  # fewer negatives, smaller loss
+
+
+def test_same_user_pairs_mask_other_histories_of_the_user_and_keep_its_own_interests(built):
+    config, _, model = built
+    m = model.num_interest
+    users = torch.tensor([4, 9, 4, 7, 9])
+    mask = model._same_user_pairs(Interaction({config["USER_ID_FIELD"]: users}))
+    assert mask.shape == (5 * m, 5 * m)
+    for i in range(5 * m):
+        for j in range(5 * m):
+            b_i, b_j = divmod(i, m)[0], divmod(j, m)[0]
+            assert bool(mask[i, j]) == (users[b_i] == users[b_j] and b_i != b_j)
+    assert model._same_user_pairs(Interaction({config["USER_ID_FIELD"]: torch.tensor([1, 2, 3])})) is None
+
+
+def test_cl_mask_same_user_changes_the_loss_only_when_a_user_repeats(built):
+    config, _, model = built
+    view1 = (torch.tensor([[3, 7, 0], [2, 0, 0], [5, 6, 0]]), torch.tensor([2, 1, 2]))
+    view2 = (torch.tensor([[5, 0, 0], [9, 4, 0], [7, 0, 0]]), torch.tensor([1, 2, 1]))
+    seq, lengths = torch.zeros(3, 3, dtype=torch.long), torch.tensor([3, 3, 3])
+    targets, negatives = torch.tensor([11, 12, 13]), torch.tensor([14, 15, 16])
+
+    def cl_loss(users, masked):
+        batch = _batch(config, seq, lengths, targets, negatives, [view1, view2])
+        batch.update(Interaction({config["USER_ID_FIELD"]: users}))
+        model.cl_mask_same_user = masked
+        try:
+            return model.calculate_loss(batch)[1].item()
+        finally:
+            model.cl_mask_same_user = True
+
+    distinct, repeated = torch.tensor([1, 2, 3]), torch.tensor([1, 2, 1])
+    assert cl_loss(distinct, True) == pytest.approx(cl_loss(distinct, False), rel=1e-6)
+    assert cl_loss(repeated, True) < cl_loss(repeated, False)
+
+
 def test_sphere_projection_keeps_rows_on_the_unit_sphere(built):
     config, _, model = built
     with torch.no_grad():

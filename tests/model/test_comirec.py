@@ -417,4 +417,4 @@ def test_cli_reports_a_bad_num_interest_in_one_line(tiny_config, tmp_path, capsy
 
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert err == "error: num_interest must be an integer >= 1, got 0"
+    assert err == "error: invalid config value num_interest=0 (an integer >= 1)"

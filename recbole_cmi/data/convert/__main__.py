@@ -27,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--input", required=True, help="folder holding the source files")
         sub.add_argument("--output", required=True, help="output folder, e.g. dataset/" + source)
-        sub.add_argument("--name", default=None, help="file stem (default: the output folder's name)")
+        sub.add_argument("--name", default=None, help="file stem (default: the output folder's name); a plain name")
+        sub.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="write into an --output folder that holds files this converter did not write (never deletes them)",
+        )
         sub.add_argument(
             "--kcore", type=int, default=5, help="keep users and items with >= k interactions (0 or 1: no filter)"
         )

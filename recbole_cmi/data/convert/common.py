@@ -14,6 +14,7 @@ them to :func:`finish`, which
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_cmi.errors import ConfigValueError, DatasetError
+from recbole_cmi.paths import plain_name_problem
 
 UNKNOWN_CATEGORY = "other"
 SECONDS_PER_DAY = 86_400
@@ -312,10 +314,38 @@ def format_timestamps(values: np.ndarray) -> list[str]:
     return [str(int(v)) if v.is_integer() else repr(v) for v in values.astype(float).tolist()]
 
 
+MANIFEST = ".recbole_cmi-convert.json"
+
+
+def files_we_wrote(output: Path) -> set[str]:
+    """The names the converter recorded in ``output``'s manifest (none when there is no manifest)."""
+    try:
+        return set(json.loads((output / MANIFEST).read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def check_output(output: Path, name: str, overwrite: bool) -> None:
+    """Refuse an ``--output`` folder holding files we did not write (unless ``overwrite``)."""
+    if output.exists() and not output.is_dir():
+        raise ConfigValueError(f"--output {output} is a file, not a folder")
+    if not output.is_dir() or overwrite:
+        return
+    ours = files_we_wrote(output) | {MANIFEST}
+    foreign = sorted(p.name for p in output.iterdir() if p.name not in ours)
+    if foreign:
+        raise ConfigValueError(
+            f"--output {output} already holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, which "
+            f"this converter did not write; choose an empty or new folder, or pass --overwrite to replace "
+            f"{name}.inter/.item there (nothing else is touched)"
+        )
+
+
 def write_atomic(
     frame: pd.DataFrame, categories: pd.Series | None, output: Path, name: str
 ) -> tuple[Path, Path | None]:
     output.mkdir(parents=True, exist_ok=True)
+    ours = files_we_wrote(output)
     inter_path = output / f"{name}.inter"
     lines = [INTER_HEADER]
     lines += [
@@ -324,17 +354,29 @@ def write_atomic(
             frame["user_id"].tolist(), frame["item_id"].tolist(), format_timestamps(frame["timestamp"].to_numpy())
         )
     ]
-    _write_lines(inter_path, lines)
     if categories is None:
         stale = output / f"{name}.item"
-        if stale.is_file():  # an earlier conversion's categories would no longer match the items
+        if stale.is_file() and stale.name not in ours:
+            raise ConfigValueError(
+                f"{stale} was not written by this converter and would no longer match the new items (this "
+                f"conversion has no categories); move it away first: files we did not write are never deleted"
+            )
+        _write_lines(inter_path, lines)
+        if stale.is_file():  # ours, from an earlier conversion: its categories would no longer match the items
             stale.unlink()
+        _record(output, (ours | {inter_path.name}) - {stale.name})
         return inter_path, None
+    _write_lines(inter_path, lines)
     item_path = output / f"{name}.item"
     items = distinct(frame["item_id"])
     item_categories = categories.reindex(items).fillna(UNKNOWN_CATEGORY)
     _write_lines(item_path, [ITEM_HEADER] + [f"{i}\t{c}" for i, c in zip(items.tolist(), item_categories.tolist())])
+    _record(output, ours | {inter_path.name, item_path.name})
     return inter_path, item_path
+
+
+def _record(output: Path, names: set[str]) -> None:
+    _write_lines(output / MANIFEST, [json.dumps({"files": sorted(names)})])
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
@@ -353,13 +395,22 @@ def finish(
     name: str | None,
     kcore: int,
     notes: list[str],
+    overwrite: bool = False,
 ) -> ConversionResult:
-    """Order, deduplicate, filter, write and measure one converted dataset (see the module docstring)."""
+    """Order, deduplicate, filter, write and measure one converted dataset (see the module docstring).
+
+    Writes only ``<output>/<name>.inter``, ``.item`` and a manifest of what it wrote; a folder that
+    holds other files is refused unless ``overwrite``, and a file it did not write is never deleted.
+    """
     check_kcore(kcore)
     output = Path(output)
-    name = name or output.name
+    name = name or output.resolve().name
     if not name:
         raise ConfigValueError(f"cannot derive a dataset name from output folder {str(output)!r}; pass --name")
+    problem = plain_name_problem(name)
+    if problem:
+        raise ConfigValueError(f"--name {name!r} {problem}")
+    check_output(output, name, overwrite)
     if frame.empty:
         raise DatasetError("no interactions to convert (the input holds no positive interactions)")
     if categories is not None:

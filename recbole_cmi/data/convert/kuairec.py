@@ -56,6 +56,7 @@ def from_args(args: argparse.Namespace) -> ConversionResult:
         matrix=args.matrix,
         min_watch_ratio=args.min_watch_ratio,
         name=args.name,
+        overwrite=args.overwrite,
     )
 
 
@@ -66,6 +67,7 @@ def convert(
     matrix: str = "big",
     min_watch_ratio: float = DEFAULT_MIN_WATCH_RATIO,
     name: str | None = None,
+    overwrite: bool = False,
 ) -> ConversionResult:
     """Convert a KuaiRec matrix (+ ``item_categories.csv``) in ``input_dir`` to ``<output>/<name>.inter`` (+ ``.item``)."""
     if matrix not in MATRICES:
@@ -97,7 +99,7 @@ def convert(
         notes.append(f"categories: first feat entry of {CATEGORY_FILE}, else '{UNKNOWN_CATEGORY}'")
     else:
         notes.append(f"no {CATEGORY_FILE}: no categories, no .item file")
-    return finish(frame, categories, Path(output), name, kcore, notes)
+    return finish(frame, categories, Path(output), name, kcore, notes, overwrite=overwrite)
 
 
 def read_categories(path: Path) -> pd.Series:

@@ -62,12 +62,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def from_args(args: argparse.Namespace) -> ConversionResult:
     return convert(
-        args.input, args.output, kcore=args.kcore, top_tags=args.top_tags, prefix=args.prefix, name=args.name
+        args.input,
+        args.output,
+        kcore=args.kcore,
+        top_tags=args.top_tags,
+        prefix=args.prefix,
+        name=args.name,
+        overwrite=args.overwrite,
     )
 
 
 def convert(
-    input_dir, output, kcore: int = 5, top_tags: int = 50, prefix: str | None = None, name: str | None = None
+    input_dir,
+    output,
+    kcore: int = 5,
+    top_tags: int = 50,
+    prefix: str | None = None,
+    name: str | None = None,
+    overwrite: bool = False,
 ) -> ConversionResult:
     """Convert one MicroLens release in ``input_dir`` to ``<output>/<name>.inter`` (+ ``.item``)."""
     if top_tags < 0:
@@ -92,7 +104,7 @@ def convert(
     else:
         categories = hashtag_categories(read_titles(titles), top_tags)
         notes.append(f"categories: the most frequent of the top {top_tags} hashtags of {titles.name}, else 'other'")
-    return finish(frame, categories, Path(output), name, kcore, notes)
+    return finish(frame, categories, Path(output), name, kcore, notes, overwrite=overwrite)
 
 
 def locate_pairs(input_dir: Path, prefix: str | None) -> tuple[Path, str]:

@@ -72,6 +72,7 @@ def from_args(args: argparse.Namespace) -> ConversionResult:
         positive=args.positive,
         min_play_ratio=args.min_play_ratio,
         name=args.name,
+        overwrite=args.overwrite,
     )
 
 
@@ -82,6 +83,7 @@ def convert(
     positive: str = "any",
     min_play_ratio: float | None = None,
     name: str | None = None,
+    overwrite: bool = False,
 ) -> ConversionResult:
     """Convert ``user_action.csv`` (+ ``feed_info.csv``) in ``input_dir`` to ``<output>/<name>.inter`` (+ ``.item``)."""
     if positive not in POSITIVE_RULES:
@@ -129,7 +131,7 @@ def convert(
         notes.append(f"categories: first manual_tag_list entry of {FEED_FILE}, else '{UNKNOWN_CATEGORY}'")
     else:
         notes.append(f"no {FEED_FILE}: no categories, no .item file")
-    return finish(frame, categories, Path(output), name, kcore, notes)
+    return finish(frame, categories, Path(output), name, kcore, notes, overwrite=overwrite)
 
 
 def read_actions(path: Path, positive: str) -> pd.DataFrame:

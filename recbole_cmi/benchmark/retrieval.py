@@ -1,0 +1,343 @@
+"""Full-sort evaluation, exact against faiss retrieval, on large synthetic catalogues (``speed --retrieval``).
+
+``python -m recbole_cmi.benchmark speed --retrieval --catalogues 100k,1m [--retrieval-interactions 200k]
+[--retrieval-users 1000] [--retrieval-train-steps 200] [--ivf-nprobe 8,32] [--hnsw-ef 64,256]
+[--out results/speed-retrieval.md]``
+
+For every catalogue size N, in one process and on ``--threads`` threads (default 1, torch and faiss alike):
+
+1. a synthetic log (:func:`recbole_cmi.benchmark.speed.fast_generate`, 16 latent categories with Zipf
+   popularity) of ``--retrieval-interactions`` interactions, and an item file listing all N items, so the
+   catalogue holds N items although most of them never occur in the log (a long tail, as in a real catalogue);
+   loaded once by RecBole (leave-one-out, history items excluded from the ranking);
+2. CMI (m = ``--num-interest``, sparse item updates) and SASRec (BPR, one uniform negative: a full softmax
+   over 1M items per step would dominate the run), trained ``--retrieval-train-steps`` steps each, so that
+   the vectors have the structure training gives them; the item rows the log never reaches keep their
+   initialisation;
+3. evaluation of ``--retrieval-users`` test users through the trainer's full-sort path and RecBole's collector
+   and evaluator (the same calls as ``Trainer.evaluate``): exact, then faiss IVF at every ``--ivf-nprobe``
+   (one index, ``faiss_nlist`` 0 = sqrt(N) lists) and HNSW at every ``--hnsw-ef`` (one index, ``--hnsw-m``
+   links) for CMI, and the defaults of ``properties/overall.yaml`` for SASRec. Recorded: the index build time,
+   the evaluation time per user (build excluded: it is paid once per evaluation), the peak resident memory
+   above the level before the build (index and evaluation), Recall@50 and NDCG@20 of the same checkpoint, and
+   the top-50 overlap: the share of the exact top-50 that faiss returns, averaged over users.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+DEFAULT_CATALOGUES = "100k,1m"
+OVERLAP_K = 50
+# A checkpoint trained briefly on a long-tail catalogue: Recall@50 and NDCG@20 are those of this model.
+ACCURACY_METRICS = ("recall@50", "ndcg@20")
+
+
+@dataclasses.dataclass
+class RetrievalResult:
+    catalogue: str
+    items: int
+    model: str
+    retrieval: str
+    build_seconds: float = math.nan  # nan: no index, or the previous row's index (another query setting)
+    users: int = 0
+    eval_seconds: float = 0.0
+    peak_rss: int = 0
+    metrics: dict = dataclasses.field(default_factory=dict)
+    overlap: float = math.nan
+    error: str | None = None
+
+    @property
+    def ms_per_user(self) -> float:
+        return 1000 * self.eval_seconds / self.users if self.users else math.nan
+
+
+def add_arguments(parser) -> None:
+    group = parser.add_argument_group("retrieval benchmark (--retrieval)")
+    group.add_argument(
+        "--retrieval", action="store_true", help="benchmark faiss retrieval against exact full-sort evaluation"
+    )
+    group.add_argument("--catalogues", default=DEFAULT_CATALOGUES, help="catalogue sizes, default 100k,1m")
+    group.add_argument("--retrieval-interactions", default="200k", help="interactions of the log (default 200k)")
+    group.add_argument("--retrieval-users", type=int, default=1000, help="test users evaluated (default 1000)")
+    group.add_argument("--retrieval-train-steps", type=int, default=200, help="training steps per model")
+    group.add_argument("--ivf-nprobe", default="8,32", help="CMI's IVF settings (lists probed), default 8,32")
+    group.add_argument("--hnsw-ef", default="64,256", help="CMI's HNSW settings (efSearch), default 64,256")
+    group.add_argument("--hnsw-m", type=int, default=None, help="HNSW links per node (default: faiss_hnsw_m's)")
+
+
+def check_arguments(parser, args) -> None:
+    from recbole_cmi.benchmark.speed import parse_count
+
+    try:
+        args.catalogue_sizes = [(text.strip().lower(), parse_count(text)) for text in args.catalogues.split(",")]
+        args.log_interactions = parse_count(args.retrieval_interactions)
+        args.nprobes = [int(v) for v in args.ivf_nprobe.split(",") if v.strip()]
+        args.ef_searches = [int(v) for v in args.hnsw_ef.split(",") if v.strip()]
+    except ValueError as err:
+        parser.error(f"retrieval benchmark: {err}")
+    if any(n < 1000 for _, n in args.catalogue_sizes):
+        parser.error("--catalogues: at least 1k items each")
+    if args.hnsw_m is None:
+        from recbole_cmi.retrieval import RetrievalSettings
+
+        args.hnsw_m = RetrievalSettings().hnsw_m
+    if min(args.nprobes + args.ef_searches + [args.hnsw_m, args.retrieval_users, args.retrieval_train_steps]) < 1:
+        parser.error("--ivf-nprobe, --hnsw-ef, --hnsw-m, --retrieval-users and --retrieval-train-steps must be >= 1")
+
+
+def _settings(args, model_name: str):
+    """(label, RetrievalSettings, build key) per evaluation of ``model_name``; the first is exact."""
+    from recbole_cmi.retrieval import RetrievalSettings
+
+    defaults = RetrievalSettings.from_config({}, mode="faiss")
+    runs = [("exact", RetrievalSettings(), None)]
+    if model_name == "CMI":
+        for nprobe in args.nprobes:
+            settings = dataclasses.replace(defaults, index="ivf", nprobe=nprobe)
+            runs.append((settings.describe(), settings, ("ivf", settings.nlist)))
+        for ef in args.ef_searches:
+            settings = dataclasses.replace(defaults, index="hnsw", hnsw_m=args.hnsw_m, ef_search=ef)
+            runs.append((settings.describe(), settings, ("hnsw", args.hnsw_m)))
+    else:
+        runs.append((defaults.describe() + " (defaults)", defaults, (defaults.index, defaults.nlist, defaults.hnsw_m)))
+    return runs
+
+
+def _evaluate(trainer, test_data, max_users: int):
+    """One pass as ``Trainer.evaluate`` makes it; returns (seconds, users, metrics, top-50 item ids [U, 50])."""
+    import torch
+
+    tops, seconds, users = [], 0.0, 0
+    with torch.no_grad():
+        batches = iter(test_data)
+        while users < max_users:
+            start = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
+            trainer.eval_collector.eval_batch_collect(scores, interaction, positive_u, positive_i)
+            seconds += time.perf_counter() - start
+            users += len(interaction)
+            if trainer.retrieval.mode == "faiss":  # outside the timing: the overlap's top-50
+                found = trainer.retrieve_batch(interaction)
+                tops.append(found.items[:, :OVERLAP_K].masked_fill(torch.isinf(found.scores[:, :OVERLAP_K]), 0))
+            else:
+                values, top = scores.topk(OVERLAP_K, dim=1)
+                tops.append(top.masked_fill(torch.isinf(values), 0))
+    struct = trainer.eval_collector.get_data_struct()
+    metrics = {k: float(v) for k, v in trainer.evaluator.evaluate(struct).items()}
+    return seconds, users, metrics, torch.cat(tops)
+
+
+def _overlap(found, exact) -> float:
+    hits = (found.unsqueeze(2) == exact.unsqueeze(1)) & (exact.unsqueeze(1) > 0)
+    return float((hits.any(dim=1).sum(dim=1) / (exact > 0).sum(dim=1).clamp(min=1)).mean())
+
+
+def bench_model(model_name: str, dataset, args, folder: Path, label: str, n_items: int) -> list[RetrievalResult]:
+    from recbole.utils import init_seed
+
+    from recbole_cmi.benchmark.speed import PeakMemory, _release_memory, _train_step, common_config
+    from recbole_cmi.config import Config
+    from recbole_cmi.data.dataloader import data_preparation
+    from recbole_cmi.retrieval import build_item_index
+    from recbole_cmi.utils import get_model, get_trainer
+
+    overrides = {"sparse_item_updates": True} if model_name == "CMI" else {"loss_type": "BPR"}
+    settings = {
+        **common_config(args, str(folder)),
+        **_load_columns(),
+        "exclude_history_items": True,
+        "metrics": ["Recall", "NDCG"],
+        "topk": [20, 50],
+        "valid_metric": "NDCG@20",
+        **overrides,
+    }
+    config = Config(model_name, "bench", config_dict=settings, read_argv=False)
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, _, test_data = data_preparation(config, dataset)
+    model = get_model(model_name)(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+    trainer.tot_item_num = test_data._dataset.item_num
+    model.train()
+    batches = iter(train_data)
+    for _ in range(args.retrieval_train_steps):
+        try:
+            interaction = next(batches)
+        except StopIteration:
+            batches = iter(train_data)
+            interaction = next(batches)
+        _train_step(model, trainer.optimizer, interaction.to(config["device"]))
+    model.eval()
+
+    results, exact_top, index, index_key = [], None, None, None
+    for label_text, retrieval, key in _settings(args, model_name):
+        result = RetrievalResult(catalogue=label, items=n_items, model=model_name, retrieval=label_text)
+        trainer.retrieval = retrieval
+        if key != index_key:
+            index, index_key = None, key
+            trainer.item_index = None
+            _release_memory()
+        with PeakMemory(config["device"]) as memory:
+            if retrieval.mode == "faiss":
+                if index is None:
+                    index = build_item_index(model, retrieval, config["device"])
+                    result.build_seconds = index.build_seconds
+                index.set_search_params(retrieval.nprobe, retrieval.ef_search)
+                trainer.item_index = index
+            result.eval_seconds, result.users, result.metrics, top = _evaluate(trainer, test_data, args.retrieval_users)
+        result.peak_rss = memory.rss_peak_delta
+        if exact_top is None:
+            exact_top = top
+        result.overlap = _overlap(top, exact_top)
+        results.append(result)
+        _say_result(result)
+    del index, trainer
+    return results
+
+
+def _load_columns() -> dict:
+    # The item file lists the whole catalogue: loading its id column makes every item a candidate.
+    return {"load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id"]}}
+
+
+def _say_result(r: RetrievalResult) -> None:
+    from recbole_cmi.benchmark.speed import _mb, _say
+
+    metrics = ", ".join(f"{k} {r.metrics.get(k, math.nan):.4f}" for k in ACCURACY_METRICS)
+    _say(
+        f"[{r.catalogue}] {r.model} {r.retrieval}: build {r.build_seconds:.1f} s, {r.ms_per_user:.2f} ms/user over "
+        f"{r.users} users, peak RSS +{_mb(r.peak_rss)} MB, {metrics}, top-{OVERLAP_K} overlap {r.overlap:.4f}"
+    )
+
+
+def run_catalogue(label: str, n_items: int, args, workdir: Path) -> list[RetrievalResult]:
+    from recbole.utils import init_seed
+
+    from recbole_cmi.benchmark.speed import BuiltOnce, _release_memory, _say, common_config, fast_generate
+    from recbole_cmi.config import Config
+    from recbole_cmi.data.synthetic import SyntheticConfig, write_atomic
+    from recbole_cmi.quick_start import create_dataset
+
+    folder = workdir / f"catalogue_{label}"
+    start = time.perf_counter()
+    cfg = SyntheticConfig(n_users=1, n_items=n_items, n_categories=args.categories, seed=args.seed)
+    write_atomic(fast_generate(cfg, args.log_interactions), folder / "bench", "bench")
+    config = Config(
+        "SASRec", "bench", config_dict={**common_config(args, str(folder)), **_load_columns()}, read_argv=False
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = BuiltOnce(create_dataset(config))
+    dataset.build()
+    _say(
+        f"[{label}] catalogue of {dataset.item_num - 1} items, {dataset.inter_num} interactions: generated and "
+        f"loaded in {time.perf_counter() - start:.1f} s"
+    )
+    results = []
+    for model_name in ("CMI", "SASRec"):
+        results += bench_model(model_name, dataset, args, folder, label, dataset.item_num - 1)
+        _release_memory()
+    return results
+
+
+def format_report(results: list[RetrievalResult], args, machine: dict, command: str, started: str, wall: float):
+    from recbole_cmi.benchmark.speed import _mb
+
+    lines = [
+        "# Retrieval benchmark: exact full sort against faiss",
+        "",
+        f"Generated by `{command}` ({started}, {wall / 60:.1f} min in all).",
+        "",
+        f"- CPU: {machine['cpu']}; torch and faiss threads: {args.threads or 1}"
+        + (f"; GPU: {machine['gpu']}" if machine["gpu"] else "; no GPU")
+        + f"; torch {machine['torch']}, faiss {_faiss_version()}, RecBole {machine['recbole']}",
+        f"- Data: a synthetic log of {args.log_interactions:,} interactions (`fast` generator, {args.categories} "
+        f"latent categories, seed {args.seed}) over a catalogue of N items (an item file lists all of them; most "
+        f"never occur in the log). d = {args.d}, MAX_ITEM_LIST_LENGTH {args.max_len}, {args.eval_batch_size} "
+        f"users per evaluation batch, history items excluded.",
+        f"- Models: CMI (m = {args.num_interest}, sparse item updates) and SASRec (BPR), "
+        f"{args.retrieval_train_steps} training steps of {args.batch_size} rows each; one checkpoint per model "
+        "and catalogue, evaluated every way below.",
+        f"- Evaluation: {args.retrieval_users} test users through the trainer's full-sort path and RecBole's "
+        "collector and evaluator. ms/user excludes the index build (paid once per evaluation, its own column); "
+        "peak RSS: rise above the level before the build. Recall@50 and NDCG@20 relative to the same model's "
+        f"exact ranking; top-{OVERLAP_K} overlap: share of the exact top-{OVERLAP_K} that the retrieval returns.",
+        "",
+        "| N | model | retrieval | build s | eval ms/user | vs SASRec exact | peak RSS MB | Recall@50 | NDCG@20 "
+        f"| Recall@50 vs exact | NDCG@20 vs exact | top-{OVERLAP_K} overlap |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        if r.error:
+            lines.append(f"| {r.catalogue} | {r.model} | {r.retrieval} | failed: {r.error} |")
+            continue
+        exact = next(x for x in results if x.catalogue == r.catalogue and x.model == r.model)
+        sasrec = next((x for x in results if x.catalogue == r.catalogue and x.model == "SASRec"), None)
+        vs_sasrec = r.ms_per_user / sasrec.ms_per_user if sasrec else math.nan
+        ratios = [_ratio(r.metrics.get(k), exact.metrics.get(k)) for k in ACCURACY_METRICS]
+        build = (
+            "-" if r.retrieval == "exact" else "same index" if math.isnan(r.build_seconds) else f"{r.build_seconds:.1f}"
+        )
+        lines.append(
+            f"| {r.catalogue} ({r.items:,}) | {r.model} | {r.retrieval} | {build} | "
+            f"{r.ms_per_user:.2f} | {vs_sasrec:.2f}x | {_mb(r.peak_rss)} | {r.metrics.get('recall@50', math.nan):.4f} "
+            f"| {r.metrics.get('ndcg@20', math.nan):.4f} | {ratios[0]} | {ratios[1]} | {r.overlap:.4f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(value, reference) -> str:
+    if value is None or not reference:
+        return "-"
+    return f"{value / reference:.4f}"
+
+
+def _faiss_version() -> str:
+    from recbole_cmi.retrieval import import_faiss
+
+    return getattr(import_faiss(), "__version__", "unknown")
+
+
+def run(args, argv) -> int:
+    """The ``--retrieval`` mode of ``python -m recbole_cmi.benchmark speed``."""
+    import json
+    import os
+    import shlex
+    import tempfile
+
+    import torch
+
+    from recbole_cmi.benchmark.speed import _say, machine_description, write_report
+    from recbole_cmi.retrieval import import_faiss
+
+    faiss = import_faiss()
+    threads = args.threads or 1
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+    command = "python -m recbole_cmi.benchmark speed" + (" " + shlex.join(argv) if argv else "")
+    started, begin = time.strftime("%Y-%m-%d %H:%M %Z"), time.perf_counter()
+    results, cwd = [], os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="recbole_cmi_retrieval_") as tmp:
+        os.chdir(tmp)  # RecBole's trainer writes log_tensorboard/ under the working directory
+        try:
+            for label, n_items in args.catalogue_sizes:
+                results += run_catalogue(label, n_items, args, Path(tmp))
+        finally:
+            os.chdir(cwd)
+    report = format_report(
+        results, args, machine_description(args.gpu_id), command, started, time.perf_counter() - begin
+    )
+    print(report)
+    out = Path(args.out).resolve()
+    write_report(out, report)
+    if args.json:
+        payload = [{**dataclasses.asdict(r), "ms_per_user": r.ms_per_user} for r in results]
+        Path(args.json).write_text(json.dumps({"command": command, "results": payload}, indent=1), encoding="utf-8")
+    _say(f"wrote {out}")
+    return 1 if any(r.error for r in results) else 0
