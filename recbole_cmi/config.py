@@ -263,12 +263,14 @@ class Config(recbole.config.Config):
     def _init_device(self):
         # Distributed runs without a GPU: gloo and the CPU instead of RecBole's hard-coded nccl + CUDA
         # (recbole_cmi.distributed); with GPUs RecBole's own set-up runs.
-        from recbole_cmi.distributed import init_cpu_distributed, uses_cpu_distributed
+        from recbole_cmi.distributed import init_cpu_distributed, quiet_other_ranks, uses_cpu_distributed
 
         if uses_cpu_distributed(self.final_config_dict):
             init_cpu_distributed(self.final_config_dict)
         else:
             super()._init_device()
+            if self.final_config_dict.get("single_spec") is False:
+                quiet_other_ranks(self.final_config_dict)  # RecBole quiets local ranks, not global ones
 
     def _set_default_parameters(self):
         self.final_config_dict["data_path"] = self._resolve_data_root()

@@ -12,7 +12,15 @@ global rank 0 (the others return nothing)::
     python -m recbole_cmi.distributed --nproc=2 --model=CMI --dataset=micro_video --gpu_id=""
 
 Several machines: run it on each with the same ``world_size`` (all processes), ``ip``/``port`` of the machine
-of rank 0, and ``group_offset`` = the number of processes on the machines before it.
+of rank 0, and ``group_offset`` = the number of processes on the machines before it; or let ``torchrun`` start
+the processes (:func:`torchrun_settings`), the same command on every machine::
+
+    torchrun --nnodes=2 --nproc_per_node=1 --rdzv_backend=c10d --rdzv_endpoint=<first machine>:29400 \\
+        -m recbole_cmi.distributed --model=CMI --dataset=micro_video --gpu_id=""
+
+Only global rank 0 (``local_rank + offset``) writes files (checkpoints, log file, tensorboard events) and logs
+more than errors; the others may be on machines that share no disk with it, so the best model is sent to
+them over the process group for the test, not read from rank 0's file.
 
 What differs from RecBole, and why:
 
@@ -42,6 +50,8 @@ the metrics (its ``DistributedSampler`` pads the last users by repeating up to `
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pickle
 import socket
@@ -59,10 +69,13 @@ __all__ = [
     "DeviceAwareDDP",
     "barrier",
     "find_free_port",
+    "global_rank",
     "init_cpu_distributed",
     "is_distributed",
+    "is_main_rank",
     "run_distributed",
     "same_on_all_ranks",
+    "torchrun_settings",
     "uses_cpu_distributed",
 ]
 
@@ -107,7 +120,25 @@ def init_cpu_distributed(cfg: dict) -> None:
         )
     cfg["device"] = torch.device("cpu")
     cfg["single_spec"] = False
-    if cfg["local_rank"] != 0:
+    quiet_other_ranks(cfg)
+
+
+def global_rank(cfg) -> int:
+    """This process's rank among all processes of the run: ``local_rank + offset`` (0 when not distributed).
+
+    RecBole tests ``local_rank`` alone, which is 0 on the first process of *every* machine of a multi-node run.
+    """
+    return sum(int((cfg[key] if key in cfg else 0) or 0) for key in ("local_rank", "offset"))
+
+
+def is_main_rank(cfg) -> bool:
+    """True in a single-process run and in global rank 0 of a DDP run: the one process that writes files."""
+    return global_rank(cfg) == 0
+
+
+def quiet_other_ranks(cfg) -> None:
+    """Ranks other than global rank 0 log errors only and show no progress bars (as RecBole does for its local ones)."""
+    if not is_main_rank(cfg):
         cfg["state"] = "error"
         cfg["show_progress"] = False
         cfg["verbose"] = False
@@ -197,7 +228,9 @@ def run_distributed(
         port = find_free_port(ip)
     settings = dict(config_dict or {})
     settings.update(world_size=world_size, ip=ip, port=int(port), nproc=nproc, offset=int(group_offset))
-    with tempfile.TemporaryDirectory(prefix="recbole_cmi_ddp_") as tmp:
+    # On a failure spawn logs "Terminating process ... via signal SIGTERM" for each survivor; our error says so.
+    spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
+    with tempfile.TemporaryDirectory(prefix="recbole_cmi_ddp_") as tmp, _level(spawn_logger, logging.ERROR):
         try:
             mp.spawn(
                 _worker,
@@ -205,11 +238,11 @@ def run_distributed(
                 nprocs=nproc,
                 join=True,
             )
-        except ProcessException as err:
+        except ProcessException as err:  # one process failed: spawn has stopped the others
             user_error = _user_error(tmp)
             if user_error is not None:
                 raise user_error from err
-            raise
+            raise RecboleCmiError(_process_failure(err, group_offset)) from err
         result_file = os.path.join(tmp, "result.pkl")
         if not os.path.isfile(result_file):
             return None
@@ -218,7 +251,11 @@ def run_distributed(
 
 
 def _worker(local_rank, model, dataset, config_file_list, settings, saved, read_argv, resume, evaluate_test, tmp):
+    from recbole_cmi.cli import quiet_recbole_warnings
     from recbole_cmi.quick_start import run_recbole_cmi
+
+    if not os.environ.get("RECBOLE_CMI_TRACEBACK"):
+        quiet_recbole_warnings()  # a spawned process starts with Python's default filters, not the parent's
 
     settings = dict(settings, local_rank=local_rank)
     try:
@@ -242,6 +279,27 @@ def _worker(local_rank, model, dataset, config_file_list, settings, saved, read_
             dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def _level(logger, level):
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _process_failure(err, group_offset: int) -> str:
+    """One line for a DDP process that died (a signal, ``exit``) or raised something other than our errors."""
+    rank = err.error_index + group_offset
+    signal_name = getattr(err, "signal_name", None)
+    if signal_name:
+        return f"DDP rank {rank} was killed by {signal_name}; the other processes were stopped"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    cause = lines[-1] if lines and "Traceback" in str(err) else f"exit code {getattr(err, 'exit_code', '?')}"
+    return f"DDP rank {rank} failed: {cause}; the other processes were stopped"
+
+
 def _write_atomically(path: str, value) -> None:
     with open(f"{path}.tmp", "wb") as f:
         pickle.dump(value, f)
@@ -256,9 +314,51 @@ def _user_error(tmp: str):
     return None
 
 
+# ------------------------------------------------------------------------------------ torchrun
+def torchrun_settings(environ=None) -> dict | None:
+    """RecBole's distributed keys from the environment torchrun gives each process (None outside torchrun).
+
+    torchrun numbers the processes of a node contiguously, so ``offset`` (global rank of the node's first
+    process) is ``RANK - LOCAL_RANK``; ``MASTER_ADDR:MASTER_PORT`` is the store of torchrun's rendezvous, which
+    ``tcp://`` initialisation joins as a client under torchrun (``TORCHELASTIC_USE_AGENT_STORE``).
+    """
+    environ = os.environ if environ is None else environ
+    if "TORCHELASTIC_RUN_ID" not in environ:
+        return None
+    rank, local_rank = int(environ["RANK"]), int(environ["LOCAL_RANK"])
+    return {
+        "local_rank": local_rank,
+        "offset": rank - local_rank,
+        "world_size": int(environ["WORLD_SIZE"]),
+        "nproc": int(environ["LOCAL_WORLD_SIZE"]),
+        "ip": environ["MASTER_ADDR"],
+        "port": int(environ["MASTER_PORT"]),
+    }
+
+
+def run_torchrun_process(model=None, dataset=None, config_file_list=None, config_dict=None, read_argv=False):
+    """Train and test as the one process torchrun started here; global rank 0's result (else None)."""
+    from recbole_cmi.quick_start import run_recbole_cmi
+
+    settings = dict(config_dict or {}, **torchrun_settings())
+    try:
+        result = run_recbole_cmi(model, dataset, config_file_list, settings, read_argv=read_argv)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return result if settings["local_rank"] + settings["offset"] == 0 else None
+
+
 # ------------------------------------------------------------------------------------ command line
+LAUNCH_OPTIONS = ("--nproc", "--world_size", "--ip", "--port", "--group_offset")
+
+
 def main(argv=None) -> int:
-    """``python -m recbole_cmi.distributed --nproc=2 --model=CMI --dataset=micro_video [--key=value ...]``."""
+    """``python -m recbole_cmi.distributed --nproc=2 --model=CMI --dataset=micro_video [--key=value ...]``.
+
+    Under ``torchrun`` (one or several machines), ``torchrun [...] -m recbole_cmi.distributed --model=CMI
+    --dataset=...`` runs each process torchrun starts; torchrun, not these options, sets ranks and rendezvous.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     from recbole_cmi.cli import OneLineArgumentParser, run_cli
 
@@ -279,20 +379,27 @@ def main(argv=None) -> int:
     unknown = [a for a in rest if not (a.startswith("--") and "=" in a)]
     if unknown:
         parser.error(f"unrecognised arguments {' '.join(unknown)}: config keys are given as --key=value")
+    under_torchrun = torchrun_settings() is not None
+    given = [a.split("=")[0] for a in argv if a.split("=")[0] in LAUNCH_OPTIONS]
+    if under_torchrun and given:
+        parser.error(f"{', '.join(given)}: under torchrun, torchrun sets the processes and the rendezvous")
     config_files = [f for group in (args.config_files or []) for f in group.split()] or None
 
     def run():
-        result = run_distributed(
-            args.model,
-            args.dataset,
-            config_files,
-            nproc=args.nproc,
-            world_size=args.world_size,
-            ip=args.ip,
-            port=args.port,
-            group_offset=args.group_offset,
-            read_argv=True,
-        )
+        if under_torchrun:
+            result = run_torchrun_process(args.model, args.dataset, config_files, read_argv=True)
+        else:
+            result = run_distributed(
+                args.model,
+                args.dataset,
+                config_files,
+                nproc=args.nproc,
+                world_size=args.world_size,
+                ip=args.ip,
+                port=args.port,
+                group_offset=args.group_offset,
+                read_argv=True,
+            )
         if result is not None:
             print(f"best valid: {dict(result['best_valid_result'] or {})}")
             print(f"test result: {dict(result['test_result'] or {})}")

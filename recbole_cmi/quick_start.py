@@ -98,12 +98,16 @@ def prepare(model=None, dataset=None, config_file_list=None, config_dict=None, r
     from recbole.utils import get_flops, init_logger, init_seed, set_color
 
     from recbole_cmi.data.dataloader import data_preparation
+    from recbole_cmi.distributed import global_rank, is_main_rank
     from recbole_cmi.utils import get_model
 
     config = Config(model, dataset, config_file_list, config_dict, read_argv=read_argv)
     init_seed(config["seed"], config["reproducibility"])
     _reset_logging()
-    init_logger(config)
+    if is_main_rank(config):
+        init_logger(config)
+    else:  # a DDP rank other than 0: errors on the console, no log file (RecBole's init_logger writes one)
+        logging.basicConfig(level=logging.ERROR, handlers=[logging.StreamHandler()])
     logger = getLogger()
     logger.info(sys.argv)
     for warning in getattr(config, "config_warnings", []):
@@ -112,7 +116,8 @@ def prepare(model=None, dataset=None, config_file_list=None, config_dict=None, r
     data = create_dataset(config)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    # RecBole adds local_rank, the same on every machine of a multi-node run; the global rank keeps ranks apart.
+    init_seed(config["seed"] + global_rank(config), config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     disable_anomaly_mode()
     logger.info(net)

@@ -52,7 +52,7 @@ from recbole.utils import set_color
 from recbole_cmi.checkpoint import check_id_mapping, checkpoint_payload, id_mapping_fingerprint, load_checkpoint
 from recbole_cmi.compat import disable_anomaly_mode
 from recbole_cmi.data.protocol import MultiTargetEvalLoader, evaluate_multi_target
-from recbole_cmi.distributed import DeviceAwareDDP, barrier, same_on_all_ranks
+from recbole_cmi.distributed import DeviceAwareDDP, is_distributed, is_main_rank, same_on_all_ranks
 from recbole_cmi.errors import CheckpointError, ConfigValueError, NonFiniteLossError
 from recbole_cmi.optim import LazyAdam, has_sparse_gradients
 
@@ -115,6 +115,28 @@ def restore_rng_state(state: dict, train_data=None) -> None:
             train_data.generator.set_state(loader_state["loader"])
 
 
+class _NoTensorboard:
+    """RecBole's SummaryWriter for a DDP rank other than 0: every call does nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def _no_files_from_recbole_trainer():
+    """RecBole's ``Trainer.__init__`` creates ``log_tensorboard/<run>/`` and the checkpoint folder in every process;
+    a DDP rank other than 0 creates neither (the run's files are rank 0's)."""
+    import recbole.trainer.trainer as recbole_trainer
+
+    saved = recbole_trainer.get_tensorboard, recbole_trainer.ensure_dir
+    recbole_trainer.get_tensorboard = lambda logger: _NoTensorboard()
+    recbole_trainer.ensure_dir = lambda path: None
+    try:
+        yield
+    finally:
+        recbole_trainer.get_tensorboard, recbole_trainer.ensure_dir = saved
+
+
 class CheckpointMixin:
     """Checkpoint I/O and exact resumption, shared by our Trainer and any core model-specific trainer."""
 
@@ -126,9 +148,13 @@ class CheckpointMixin:
     _resumed_from = None  # (path, checkpoint) until fit has compared its id mapping with the data
 
     def __init__(self, config, model):
-        # RecBole's ensure_dir checks, then creates: two DDP ranks can race into FileExistsError.
-        os.makedirs(config["checkpoint_dir"], exist_ok=True)
-        super().__init__(config, model)
+        if is_main_rank(config):
+            # RecBole's ensure_dir checks, then creates: two DDP ranks can race into FileExistsError.
+            os.makedirs(config["checkpoint_dir"], exist_ok=True)
+            super().__init__(config, model)
+        else:
+            with _no_files_from_recbole_trainer():
+                super().__init__(config, model)
         # DDP: every rank loads the checkpoint that rank 0 writes (RecBole names it after each process's clock).
         self.saved_model_file = same_on_all_ranks(self.saved_model_file, config)
 
@@ -155,7 +181,7 @@ class CheckpointMixin:
         )
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not is_main_rank(self.config):  # global rank 0 writes; other ranks may be on other machines
             return
         target = kwargs.pop("saved_model_file", self.saved_model_file)
         atomic_torch_save(self._checkpoint_state(epoch, "best"), target)
@@ -163,7 +189,7 @@ class CheckpointMixin:
             self.logger.info(set_color("Saving current", "blue") + f": {target}")
 
     def _save_last_checkpoint(self, epoch):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not is_main_rank(self.config):  # global rank 0 writes; other ranks may be on other machines
             return
         if self.config["save_last_checkpoint"] is False:  # unset (None) means on
             return
@@ -255,9 +281,18 @@ class CheckpointMixin:
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if eval_data and load_best_model:
-            barrier(self.config)  # DDP: wait until rank 0 has written the checkpoint
             checkpoint_file = model_file or self.saved_model_file
-            checkpoint = self._load_own_checkpoint(checkpoint_file, trust=checkpoint_file in self._trusted_files)
+            trust = checkpoint_file in self._trusted_files
+            if is_distributed(self.config):
+                # Only rank 0's machine has the file (DDP ranks may share no disk): rank 0 sends the weights.
+                state = None
+                if is_main_rank(self.config):
+                    loaded = self._load_own_checkpoint(checkpoint_file, trust=trust)
+                    state = {key: loaded.get(key) for key in ("state_dict", "other_parameter")}
+                    state["state_dict"] = {name: t.cpu() for name, t in state["state_dict"].items()}
+                checkpoint = same_on_all_ranks(state, self.config)
+            else:
+                checkpoint = self._load_own_checkpoint(checkpoint_file, trust=trust)
             self._load_model_state(checkpoint, checkpoint_file)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         if isinstance(eval_data, MultiTargetEvalLoader):  # eval_protocol: multi_target (validation and test)

@@ -3,6 +3,7 @@
 Subcommands (each a module with ``main(argv) -> int``, imported only when named):
 
 * ``accuracy``: every model x seed under one shared config; a results table per dataset and protocol.
+* ``gpu``: one epoch per model on MicroLens-sized synthetic data on CUDA, AMP on/off, CPU/CUDA agreement.
 * ``speed``: training throughput, full-sort evaluation speed and peak memory per model at several data sizes.
 * ``tune``: the same validation search (trials, ASHA, epoch cap) for every model; writes their tuned files.
 """
@@ -15,6 +16,7 @@ import sys
 # name -> module; a new subcommand is one line here.
 SUBCOMMANDS = {
     "accuracy": "recbole_cmi.benchmark.accuracy",
+    "gpu": "recbole_cmi.benchmark.gpu",
     "speed": "recbole_cmi.benchmark.speed",
     "tune": "recbole_cmi.benchmark.tune",
 }

@@ -31,6 +31,7 @@ class TrialRow:
     error: str = ""
     saved_model_file: str = ""
     rank: int = 0
+    node_id: str = ""  # the Ray node of the trial's last report
 
 
 def plain(value):
@@ -108,6 +109,7 @@ def _columns(plan: dict, params) -> list[str]:
         "best_epoch",
         "epochs_run",
         "saved_model_file",
+        "node_id",
         "error",
     ]
 
@@ -122,6 +124,7 @@ def _cells(row: TrialRow, params) -> list:
         row.best_epoch,
         row.epochs_run,
         row.saved_model_file,
+        row.node_id,
         row.error,
     ]
 

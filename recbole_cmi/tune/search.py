@@ -30,12 +30,14 @@ How a search runs:
 
 Running on an existing Ray cluster: start the cluster (``ray start --head`` on one node,
 ``ray start --address=<head>:6379`` on the others), install recbole_cmi in the same Python
-environment on every node, keep the dataset at the same absolute path on every node, and put
-``--output`` on a file system all nodes mount at the same path (Ray writes trial results and
-checkpoints there). Then run ``run_hyper.py`` on the head node with ``--address=auto`` (or
-``--address=<head>:6379``; the ``RAY_ADDRESS`` environment variable works too). Without an
-address, a local Ray instance is started with all CPUs this process may use and shut down at
-the end.
+environment on every node and keep the dataset at the same absolute path on every node. Then
+run ``run_hyper.py`` on a node of the cluster with ``--address=auto`` (or
+``--address=<head>:6379``; the ``RAY_ADDRESS`` environment variable works too); an address where
+nothing listens is an error within ``CONNECT_TIMEOUT_S``. ``--output`` is a folder on the
+driver's machine: trials on other nodes write their results and checkpoints into it through a
+small actor on the driver's node (``recbole_cmi/tune/storage.py``), so no shared file system or
+bucket is needed. ``trials.csv`` names the node each trial ran on. Without an address, a local
+Ray instance is started with all CPUs this process may use and shut down at the end.
 
 An interrupted search continues with ``--resume`` (same ``--output``): finished trials are
 kept, unfinished ones continue from their last checkpoint (with the same weights, optimizer and
@@ -111,6 +113,9 @@ class SearchOutcome:
 
 def run_search(settings: SearchSettings) -> SearchOutcome:
     """Run (or resume) a search and write its tables, best config and best test result."""
+    address = settings.address or os.environ.get("RAY_ADDRESS")
+    if address and address not in ("auto", "local"):
+        check_cluster_answers(address)  # before anything is written: a wrong address leaves no folder behind
     output = _output_dir(settings)
     if settings.resume:
         plan = _load_plan(output)
@@ -122,13 +127,17 @@ def run_search(settings: SearchSettings) -> SearchOutcome:
     params = parse_hyper_text(plan["hyper_text"], plan["params_file"])
     experiment_dir = output / "ray" / plan["experiment"]
 
-    with ray_session(settings.address, settings.num_cpus):
+    with ray_session(settings.address, settings.num_cpus) as on_cluster:
         gpus_per_trial = _check_resources(settings)
         trainable = _trainable(plan, settings.cpus_per_trial, gpus_per_trial)
+        # On a cluster, trials on other nodes write through the driver's node into --output (storage.py).
+        from recbole_cmi.tune.storage import driver_disk_filesystem
+
+        storage = driver_disk_filesystem(str(output / "ray")) if on_cluster else None
         if settings.resume:
-            tuner = _restore(experiment_dir, trainable)
+            tuner = _restore(experiment_dir, trainable, storage)
         else:
-            tuner = _new_tuner(plan, params, settings, trainable, output)
+            tuner = _new_tuner(plan, params, settings, trainable, output, storage)
         try:
             grid = tuner.fit()
         except KeyboardInterrupt:
@@ -274,6 +283,7 @@ class EpochReporter:
         return sorted(names)[0] if names else ""
 
     def __call__(self, epoch_idx: int, valid_score: float) -> None:
+        import ray
         from ray import tune
 
         score = float(valid_score)
@@ -296,6 +306,7 @@ class EpochReporter:
             "best_epoch": self.best_epoch,
             "early_stop": self.steps_without_gain > self.stopping_step,
             "checkpoint_file": best_file,
+            "node_id": ray.get_runtime_context().get_node_id(),  # which machine of a cluster trained it
         }
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(self.checkpoint_dir))
 
@@ -347,13 +358,16 @@ def run_trial(params: dict, plan: dict) -> None:
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None):
-    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local Ray; reuse one already running."""
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local Ray; reuse one already running.
+
+    Yields True when connected to a cluster started with ``ray start`` (trials may run on other nodes).
+    """
     import logging
 
     import ray
 
     if ray.is_initialized():
-        yield
+        yield bool(address or os.environ.get("RAY_ADDRESS"))
         return
     address = address or os.environ.get("RAY_ADDRESS")
     try:
@@ -367,11 +381,45 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
                 logging_level=logging.WARNING,
             )
     except ConnectionError as err:
-        raise RecboleCmiError(f"cannot connect to the Ray cluster at '{address}': {err}") from err
+        raise RecboleCmiError(f"cannot connect to the Ray cluster at '{address}': {_first_line(err)}") from err
+    except ray.exceptions.AuthenticationError as err:
+        raise RecboleCmiError(
+            f"the Ray cluster at '{address}' refused this process's token: set RAY_AUTH_MODE=token and the "
+            "cluster's RAY_AUTH_TOKEN (or its ~/.ray/auth_token) here, as on every node"
+        ) from err
     try:
-        yield
+        yield address not in (None, "", "local")
     finally:
         ray.shutdown()
+
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_cluster_answers(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in one line, within ``timeout`` seconds, when nothing listens at ``HOST:PORT``.
+
+    Ray itself retries an unreachable address for minutes before it gives up.
+    """
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        raise ConfigValueError(f"--address must be auto or HOST:PORT (the head node's GCS port), got '{address}'")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise RecboleCmiError(
+            f"no Ray cluster answers at {address} ({reason}; connect timeout {timeout:g} s): start one with "
+            f"`ray start --head --port={port}` on {host}, or check --address"
+        ) from err
+
+
+def _first_line(err) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def evaluate_best(model_file: str) -> tuple[dict, dict]:
@@ -437,6 +485,7 @@ def collect_rows(grid, plan: dict, params: list[HyperParam]) -> list[TrialRow]:
                 status=status,
                 error=_one_line_error(result.error),
                 saved_model_file=model_file,
+                node_id=metrics.get("node_id") or "",
             )
         )
     sign = -1 if plan["mode"] == "max" else 1
@@ -550,7 +599,7 @@ def _trainable(plan: dict, cpus_per_trial: float, gpus_per_trial: float):
     )
 
 
-def _new_tuner(plan: dict, params: list[HyperParam], settings: SearchSettings, trainable, output: Path):
+def _new_tuner(plan: dict, params: list[HyperParam], settings: SearchSettings, trainable, output: Path, storage=None):
     from ray import tune
 
     metric = best_key(plan["metric"])
@@ -577,6 +626,7 @@ def _new_tuner(plan: dict, params: list[HyperParam], settings: SearchSettings, t
         run_config=tune.RunConfig(
             name=plan["experiment"],
             storage_path=str(output / "ray"),
+            storage_filesystem=storage,
             verbose=settings.verbose,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -584,12 +634,18 @@ def _new_tuner(plan: dict, params: list[HyperParam], settings: SearchSettings, t
     )
 
 
-def _restore(experiment_dir: Path, trainable):
+def _restore(experiment_dir: Path, trainable, storage=None):
     from ray import tune
 
-    if not tune.Tuner.can_restore(str(experiment_dir)):
+    if not tune.Tuner.can_restore(str(experiment_dir), storage_filesystem=storage):
         raise ConfigValueError(f"cannot resume: no Ray Tune experiment state in {experiment_dir}")
-    return tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=False)
+    return tune.Tuner.restore(
+        str(experiment_dir),
+        trainable=trainable,
+        resume_unfinished=True,
+        resume_errored=False,
+        storage_filesystem=storage,
+    )
 
 
 def _scheduler(settings: SearchSettings, max_t: int):
