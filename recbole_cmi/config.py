@@ -34,7 +34,6 @@ And two checks (``_validate_values``, ``_unknown_key_warnings``):
 
 from __future__ import annotations
 
-import ast
 import difflib
 import functools
 import os
@@ -47,7 +46,7 @@ import yaml
 from recbole.utils import ModelType
 
 from recbole_cmi.errors import ConfigValueError, DatasetError
-from recbole_cmi.options import GENERAL_OPTIONS, documented_options, gpu_id_problem, is_int
+from recbole_cmi.options import GENERAL_OPTIONS, documented_options, gpu_id_problem, is_int, literal_value
 from recbole_cmi.paths import (
     bundled_dataset_dir,
     bundled_datasets,
@@ -172,23 +171,6 @@ class SafeConfigLoader(yaml.SafeLoader):
 
 
 SafeConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_FLOAT, list("-+0123456789."))
-
-
-def literal_value(text: str):
-    """A ``--key=value`` or config-dict string as the value it spells, never evaluated as code.
-
-    What RecBole's ``eval`` turns into data is read the same way here (numbers, lists, dicts,
-    tuples, None, True/False in any case); anything else, ``__import__('os')...`` included, stays
-    the string it is.
-    """
-    stripped = text.strip()
-    if stripped.lower() in ("true", "false"):
-        return stripped.lower() == "true"
-    try:
-        value = ast.literal_eval(stripped)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return text
-    return value if isinstance(value, (str, int, float, list, tuple, dict, bool)) or value is None else text
 
 
 class Config(recbole.config.Config):

@@ -27,6 +27,23 @@ from pathlib import Path
 from recbole_cmi.errors import ConfigValueError
 
 
+def literal_value(text: str):
+    """A ``--key=value`` or config-dict string as the value it spells, never evaluated as code.
+
+    What RecBole's ``eval`` turns into data is read the same way here (numbers, lists, dicts,
+    tuples, None, True/False in any case); anything else, ``__import__('os')...`` included, stays
+    the string it is.
+    """
+    stripped = text.strip()
+    if stripped.lower() in ("true", "false"):
+        return stripped.lower() == "true"
+    try:
+        value = ast.literal_eval(stripped)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+    return value if isinstance(value, (str, int, float, list, tuple, dict, bool)) or value is None else text
+
+
 def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
