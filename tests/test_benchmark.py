@@ -23,11 +23,11 @@ from recbole_cmi.benchmark.accuracy import (
     BenchmarkSettings,
     config_sha,
     cuda_peak_mib,
-    parse_value,
     peak_rss_mib,
     run_benchmark,
     shared_config,
 )
+from recbole_cmi.cli import OneLineArgumentParser, config_values
 from recbole_cmi.errors import ConfigValueError, UnknownModelError
 
 # Tiny models; keys a model does not read are ignored by it.
@@ -288,7 +288,10 @@ def test_mean_and_sample_std_of_the_summary():
 
 
 def test_option_values_are_read_like_recboles_command_line():
-    assert parse_value("0.001") == 0.001
+    def parse_value(text):
+        return config_values([f"--key={text}"], OneLineArgumentParser())["key"]
+
+    assert parse_value("0.001") == 0.001 and parse_value("1e-3") == 0.001
     assert parse_value("[10,20]") == [10, 20]
     assert parse_value("True") is True and parse_value("false") is False
     assert parse_value("[3,inf)") == "[3,inf)"

@@ -10,12 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_SETTINGS, call
+from conftest import TINY_SETTINGS, call, verb
 from recbole.data.interaction import Interaction
 
-from recbole_cmi import inspect as inspect_cli
-from recbole_cmi import recommend as recommend_cli
-from recbole_cmi import robustness as robustness_cli
+from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.model.cmi import CMI
 from recbole_cmi.quick_start import evaluate_checkpoint, load_data_and_model, run_recbole_cmi
 from recbole_cmi.tools.common import ToolError
@@ -53,7 +51,7 @@ def robustness_run(tiny_data_root, workdir, cmi_checkpoint):
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
-        status, stdout, stderr = call(robustness_cli.main, argv)
+        status, stdout, stderr = call(verb("robustness"), argv)
     finally:
         os.chdir(cwd)
     return status, stdout, stderr, out
@@ -70,7 +68,7 @@ def test_a_checkpoint_loads_on_cpu(cmi_checkpoint):
 # --------------------------------------------------------------------------- inspect
 def test_inspect_writes_the_report_and_its_pngs(cmi_checkpoint, tmp_path):
     out = tmp_path / "report"
-    status, stdout, stderr = call(inspect_cli.main, ["--checkpoint", cmi_checkpoint, "--out", str(out), "--users", "2"])
+    status, stdout, stderr = call(verb("inspect"), ["--checkpoint", cmi_checkpoint, "--out", str(out), "--users", "2"])
     assert status == 0, stderr
     report = (out / "report.md").read_text(encoding="utf-8")
     for name in ("usage", "confusion", "pca", "users"):
@@ -90,7 +88,7 @@ def test_inspect_writes_the_report_and_its_pngs(cmi_checkpoint, tmp_path):
 
 def test_inspect_compares_with_a_baseline_and_rejects_non_cmi_models(robustness_run, tmp_path):
     sasrec = _checkpoints(robustness_run)["SASRec"]
-    status, _, stderr = call(inspect_cli.main, ["--checkpoint", sasrec, "--out", str(tmp_path / "x")])
+    status, _, stderr = call(verb("inspect"), ["--checkpoint", sasrec, "--out", str(tmp_path / "x")])
     assert status == 2
     assert stderr.strip().splitlines() == [
         f"error: {sasrec} holds a SASRec model: inspection needs a model with implicit categories (CMI)"
@@ -101,7 +99,7 @@ def test_inspect_reports_the_baseline_kmeans(robustness_run, cmi_checkpoint, tmp
     sasrec = _checkpoints(robustness_run)["SASRec"]
     out = tmp_path / "with_baseline"
     argv = ["--checkpoint", cmi_checkpoint, "--out", str(out), "--users", "0", "--baseline_checkpoint", sasrec]
-    status, stdout, stderr = call(inspect_cli.main, argv)
+    status, stdout, stderr = call(verb("inspect"), argv)
     assert status == 0, stderr
     recovery = json.loads((out / "summary.json").read_text(encoding="utf-8"))["recovery"]
     baseline = recovery["k-means of SASRec item embeddings (k = 4)"]
@@ -137,7 +135,7 @@ def test_recommend_agrees_with_full_sort_predict_and_excludes_the_history(cmi_ch
     max_len = config["MAX_ITEM_LIST_LENGTH"]
     assert len(sequence) > max_len
 
-    status, stdout, stderr = call(recommend_cli.main, ["--checkpoint", cmi_checkpoint, "--user", user, "--topk", "15"])
+    status, stdout, stderr = call(verb("recommend"), ["--checkpoint", cmi_checkpoint, "--user", user, "--topk", "15"])
     assert status == 0, stderr
     lines = stdout.strip().splitlines()
     assert lines[0].startswith(f"user {user}: CMI, history of {max_len} items")
@@ -162,7 +160,7 @@ def test_recommend_agrees_with_full_sort_predict_and_excludes_the_history(cmi_ch
 
 def test_recommend_for_a_single_interest_model_has_no_interest_column(robustness_run):
     sasrec = _checkpoints(robustness_run)["SASRec"]
-    status, stdout, stderr = call(recommend_cli.main, ["--checkpoint", sasrec, "--user", "u1", "--topk", "3"])
+    status, stdout, stderr = call(verb("recommend"), ["--checkpoint", sasrec, "--user", "u1", "--topk", "3"])
     assert status == 0, stderr
     lines = stdout.strip().splitlines()
     assert lines[0].startswith("user u1: SASRec, history of ")
@@ -170,7 +168,7 @@ def test_recommend_for_a_single_interest_model_has_no_interest_column(robustness
 
 
 def test_recommend_unknown_user_is_one_error_line(cmi_checkpoint):
-    status, stdout, stderr = call(recommend_cli.main, ["--checkpoint", cmi_checkpoint, "--user", "nobody"])
+    status, stdout, stderr = call(verb("recommend"), ["--checkpoint", cmi_checkpoint, "--user", "nobody"])
     assert status == 2
     assert stdout == ""
     lines = stderr.strip().splitlines()
@@ -233,15 +231,21 @@ def test_perturbation_rejects_bad_arguments():
         perturb_histories(seq, length, 0.1, "replace", gen)
 
 
-def test_model_specs_accept_aliases_and_settings():
-    specs = parse_models("CMI,CMI_noCL,Wide:model=CMI;num_interest=4;cl_weight=0.05,SASRec")
-    assert [(s.label, s.model, s.overrides) for s in specs] == [
+def test_model_specs_accept_aliases_and_settings(capsys):
+    expected = [
         ("CMI", "CMI", {}),
         ("CMI_noCL", "CMI", {"cl_weight": 0.0}),
         ("Wide", "CMI", {"num_interest": 4, "cl_weight": 0.05}),
         ("SASRec", "SASRec", {}),
     ]
-    with pytest.raises(ToolError, match="key=value"):
+    specs = parse_models("CMI,CMI_noCL,CMI:num_interest=4,cl_weight=0.05,label=Wide,SASRec")
+    assert [(s.label, s.model, s.overrides) for s in specs] == expected
+    assert capsys.readouterr().err == ""
+    # the earlier spelling still works, with a note
+    specs = parse_models("CMI,CMI_noCL,Wide:model=CMI;num_interest=4;cl_weight=0.05,SASRec")
+    assert [(s.label, s.model, s.overrides) for s in specs] == expected
+    assert "old spelling" in capsys.readouterr().err
+    with pytest.raises(ConfigValueError, match="key=value"):
         parse_models("CMI:num_interest")
 
 
@@ -278,8 +282,8 @@ def test_robustness_writes_the_table_and_plot_and_survives_a_failing_model(robus
 
 
 def test_robustness_usage_errors_are_one_line():
-    status, _, stderr = call(robustness_cli.main, ["--p", "0,0.5"])
+    status, _, stderr = call(verb("robustness"), ["--p", "0,0.5"])
     assert status == 2 and len(stderr.strip().splitlines()) == 1
-    status, _, stderr = call(robustness_cli.main, ["--checkpoints=x.pth", "--p", "0,2"])
+    status, _, stderr = call(verb("robustness"), ["--checkpoints=x.pth", "--p", "0,2"])
     assert status == 2
     assert stderr.strip().splitlines() == ["error: --p: fractions must be in [0, 1], got '0,2'"]

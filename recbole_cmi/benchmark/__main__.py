@@ -1,4 +1,6 @@
-"""``python -m recbole_cmi.benchmark <subcommand> [options]``: reproducible head-to-head benchmarks.
+"""``python -m recbole_cmi benchmark <subcommand> [options]``: reproducible head-to-head benchmarks.
+
+``python -m recbole_cmi.benchmark <subcommand>`` runs the same.
 
 Subcommands (each a module with ``main(argv) -> int``, imported only when named):
 
@@ -6,6 +8,7 @@ Subcommands (each a module with ``main(argv) -> int``, imported only when named)
 * ``gpu``: one epoch per model on MicroLens-sized synthetic data on CUDA, AMP on/off, CPU/CUDA agreement.
 * ``speed``: training throughput, full-sort evaluation speed and peak memory per model at several data sizes.
 * ``tune``: the same validation search (trials, ASHA, epoch cap) for every model; writes their tuned files.
+* ``anomaly``: what autograd anomaly mode (which RecBole switches on) costs per training epoch.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ SUBCOMMANDS = {
     "gpu": "recbole_cmi.benchmark.gpu",
     "speed": "recbole_cmi.benchmark.speed",
     "tune": "recbole_cmi.benchmark.tune",
+    "anomaly": "recbole_cmi.benchmark.anomaly",
 }
 
 
@@ -26,7 +30,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = ", ".join(SUBCOMMANDS)
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: python -m recbole_cmi.benchmark {{{names}}} [options]  (<subcommand> --help for its options)")
+        print(f"usage: python -m recbole_cmi benchmark {{{names}}} [options]  (<subcommand> --help for its options)")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:

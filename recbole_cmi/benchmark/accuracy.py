@@ -57,7 +57,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import hashlib
 import importlib.metadata
@@ -78,7 +77,13 @@ from pathlib import Path
 import yaml
 
 from recbole_cmi.benchmark import report
-from recbole_cmi.cli import OneLineArgumentParser, run_cli
+from recbole_cmi.cli import (
+    OneLineArgumentParser,
+    check_config_files,
+    config_file_names,
+    parse_with_config_values,
+    run_cli,
+)
 from recbole_cmi.errors import ConfigValueError, RecboleCmiError
 from recbole_cmi.tune.report import write_json
 
@@ -142,7 +147,7 @@ class BenchmarkOutcome:
 
 def build_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(
-        prog="python -m recbole_cmi.benchmark accuracy",
+        prog="python -m recbole_cmi benchmark accuracy",
         description="Every model x seed under one shared config; per-run csv and a markdown table.",
         allow_abbrev=False,
     )
@@ -179,34 +184,12 @@ def build_parser() -> OneLineArgumentParser:
     return parser
 
 
-def parse_value(text: str):
-    """A ``--key=value`` value as RecBole's command line reads it: a Python literal, a boolean, else a string."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        lowered = text.strip().lower()
-        if lowered in ("true", "false"):
-            return lowered == "true"
-        return text
-
-
-def parse_overrides(rest: list[str], parser) -> dict:
-    overrides = {}
-    for arg in rest:
-        if not (arg.startswith("--") and "=" in arg) or arg.startswith("--="):
-            parser.error(f"unrecognised argument {arg}: config keys are given as --key=value")
-        key, _, value = arg[2:].partition("=")
-        overrides[key] = parse_value(value)
-    return overrides
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    args, overrides = parse_with_config_values(parser, argv)
     if args.run_spec:
         return worker(args.run_spec)
-    overrides = parse_overrides(rest, parser)
     if not args.dataset:
         parser.error("--dataset is required")
     settings = BenchmarkSettings(
@@ -214,7 +197,7 @@ def main(argv=None) -> int:
         models=[m.strip() for m in args.models.split(",") if m.strip()],
         seeds=args.seeds,
         protocol=args.protocol,
-        config_files=[f for group in (args.config_files or []) for f in group.split()],
+        config_files=config_file_names(args.config_files),
         overrides=overrides,
         out=args.out,
         resume=args.resume,
@@ -316,9 +299,7 @@ def _check_settings(settings: BenchmarkSettings) -> list[str]:
         if key in settings.overrides:
             option = {"seed": "--seeds", "checkpoint_dir": "--work_dir", "eval_protocol": "--protocol"}[key]
             raise ConfigValueError(f"--{key} is set by the benchmark; use {option}")
-    for path in settings.config_files:
-        if not os.path.isfile(path):
-            raise ConfigValueError(f"config file not found: {path}")
+    check_config_files(settings.config_files)
     models = model_names(settings.models)
     if settings.tuned:
         folder = tuned_dir(settings.tuned) / settings.dataset

@@ -5,8 +5,8 @@ Importing RecBole's sequential models turns anomaly mode on for the whole proces
 on the bundled ``micro_video`` data, restricted to its first ``--users`` users so that it runs in
 about a minute on two CPU cores::
 
-    python benchmarks/anomaly_cost.py                  # 300 users, SASRec defaults
-    python benchmarks/anomaly_cost.py --users 0        # all 2000 users
+    python -m recbole_cmi benchmark anomaly                  # 300 users, SASRec defaults
+    python -m recbole_cmi benchmark anomaly --users 0        # all 2000 users
 
 After one untimed warm-up epoch, epochs alternate off/on ``--repeats`` times (the same model keeps
 training, so every timed epoch does the same work); the median of each mode is printed.
@@ -14,18 +14,14 @@ training, so every timed epoch does the same work); the median of each mode is p
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
+from recbole_cmi.cli import OneLineArgumentParser, run_cli
 from recbole_cmi.paths import bundled_dataset_dir
-from recbole_cmi.quick_start import prepare
-from recbole_cmi.utils import get_trainer
 
 
 def subset(users: int, root: Path) -> Path:
@@ -41,11 +37,22 @@ def subset(users: int, root: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="python -m recbole_cmi benchmark anomaly", description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=300, help="first N users of micro_video (0: all)")
     parser.add_argument("--repeats", type=int, default=2, help="timed epochs per mode")
     parser.add_argument("--batch_size", type=int, default=256)
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.batch_size < 1:
+        parser.error(f"--repeats and --batch_size must be >= 1, got {args.repeats} and {args.batch_size}")
+    return run_cli(lambda: measure(args))
+
+
+def measure(args) -> int:
+    """Time the epochs (see the module docstring) and print the medians."""
+    import torch
+
+    from recbole_cmi.quick_start import prepare
+    from recbole_cmi.utils import get_trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         data_root = subset(args.users, Path(tmp) / "data")

@@ -71,8 +71,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recbole_cmi.cli import OneLineArgumentParser, run_cli
+from recbole_cmi.cli import OneLineArgumentParser, parse_model_variants, run_cli
 from recbole_cmi.data.synthetic import SECONDS_PER_DAY, SyntheticConfig, SyntheticData, generate, write_atomic
+from recbole_cmi.errors import ConfigValueError
 
 DEFAULT_MODELS = ("CMI", "SASRec", "GRU4Rec", "ComiRecSA", "ComiRecDR", "CL4SRec")
 DEFAULT_SIZES = "100k:10k,1m:100k"
@@ -91,19 +92,17 @@ _MULTIPLIER = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
 # --------------------------------------------------------------------------------------------- models
 def parse_model_spec(text: str) -> tuple[str, dict]:
-    """``"CMI:sparse_item_updates=True"`` -> ``("CMI", {"sparse_item_updates": True})`` (values read as yaml)."""
-    import yaml
+    """``"CMI:sparse_item_updates=True"`` -> ``("CMI", {"sparse_item_updates": True})`` (one ``--models`` entry,
+    :func:`recbole_cmi.cli.parse_model_variants`)."""
+    variants = parse_model_variants(text, "--models")
+    if len(variants) != 1:
+        raise ConfigValueError(f"--models: {text!r} holds {len(variants)} entries, expected one")
+    return variants[0].name, variants[0].overrides
 
-    name, *settings = text.split(":")
-    overrides = {}
-    for setting in settings:
-        key, sep, value = setting.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise ValueError(f"model entry {text!r}: expected Model:key=value[:key=value], got {setting!r}")
-        overrides[key.strip()] = yaml.safe_load(value.strip())
-    if not name.strip():
-        raise ValueError(f"model entry {text!r} names no model")
-    return name.strip(), overrides
+
+def model_of(args, entry: str) -> tuple[str, dict]:
+    """The model and config overrides of a ``--models`` entry as the report names it (its label, or as written)."""
+    return getattr(args, "model_variants", {}).get(entry) or parse_model_spec(entry)
 
 
 # --------------------------------------------------------------------------------------------- sizes
@@ -429,7 +428,7 @@ def bench_model(name: str, dataset, args, data_path: str, label: str) -> ModelRe
     from recbole_cmi.utils import get_model, get_trainer
 
     result = ModelResult(model=name, size=label)
-    model_name, overrides = parse_model_spec(name)
+    model_name, overrides = model_of(args, name)
     config = Config(model_name, "bench", config_dict={**common_config(args, data_path), **overrides}, read_argv=False)
     init_seed(config["seed"], config["reproducibility"])
     train_data, _, test_data = data_preparation(config, dataset)
@@ -592,7 +591,7 @@ def run_size(size: Size, args, workdir: Path) -> SizeResult:
     del data
 
     config = Config(
-        parse_model_spec(args.models[0])[0], "bench", config_dict=common_config(args, str(folder)), read_argv=False
+        model_of(args, args.models[0])[0], "bench", config_dict=common_config(args, str(folder)), read_argv=False
     )
     init_seed(config["seed"], config["reproducibility"])
     with PeakMemory() as load_memory:
@@ -762,7 +761,7 @@ def format_report(sizes: list[SizeResult], args, machine: dict, command: str, st
     header = "| size | model | " + " | ".join(f"{kind} vs {base} (target <= {limit})" for kind, base, limit in TARGETS)
     lines += [header + " |", "|---|---|" + "---:|" * len(TARGETS)]
     for s in sizes:
-        for entry in dict.fromkeys(r.model for r in s.models if parse_model_spec(r.model)[0] == "CMI"):
+        for entry in dict.fromkeys(r.model for r in s.models if model_of(args, r.model)[0] == "CMI"):
             cells = []
             for kind, base, limit in TARGETS:
                 ratio = _time_ratio(s.models, entry, base, kind)
@@ -830,7 +829,7 @@ def write_report(path: Path, text: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- command line
-def build_parser(prog: str = "python -m recbole_cmi.benchmark speed") -> OneLineArgumentParser:
+def build_parser(prog: str = "python -m recbole_cmi benchmark speed") -> OneLineArgumentParser:
     parser = OneLineArgumentParser(
         prog=prog,
         description="Training and full-sort evaluation speed and peak memory of CMI and its baselines on "
@@ -845,7 +844,8 @@ def build_parser(prog: str = "python -m recbole_cmi.benchmark speed") -> OneLine
     parser.add_argument(
         "--models",
         default=",".join(DEFAULT_MODELS),
-        help="comma-separated model entries: Model or Model:key=value[:key=value] (a variant with config overrides)",
+        help="comma-separated model entries: Model or Model:key=value,key=value[,label=Name] (a variant with config "
+        "overrides)",
     )
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per model (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed training steps first (default 2)")
@@ -886,15 +886,15 @@ def _check_args(parser, args) -> None:
         args.size_list = parse_sizes(args.sizes)
     except ValueError as err:
         parser.error(str(err))
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    args.profile = [m.strip() for m in args.profile.split(",") if m.strip()]
-    if not args.models:
-        parser.error("--models names no model")
-    for name in args.models + args.profile:
-        try:
-            model_name, _ = parse_model_spec(name)
-        except ValueError as err:
-            parser.error(str(err))
+    try:
+        variants = parse_model_variants(args.models, "--models")
+        profiled = parse_model_variants(args.profile, "--profile") if args.profile.strip() else []
+    except ConfigValueError as err:
+        parser.error(str(err))
+    args.model_variants = {v.label or v.text: (v.name, v.overrides) for v in variants}
+    args.models = list(args.model_variants)
+    args.profile = [v.label or v.text for v in profiled]
+    for model_name, _ in args.model_variants.values():
         get_model(model_name)  # an unknown name is a one-line UnknownModelError
     unlisted = [name for name in args.profile if name not in args.models]
     if unlisted:

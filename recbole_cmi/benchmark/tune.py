@@ -42,7 +42,7 @@ from pathlib import Path
 import yaml
 
 from recbole_cmi.benchmark import accuracy
-from recbole_cmi.cli import OneLineArgumentParser, run_cli
+from recbole_cmi.cli import OneLineArgumentParser, config_file_names, parse_with_config_values, run_cli
 from recbole_cmi.errors import ConfigValueError, RecboleCmiError
 from recbole_cmi.tune.report import plain, write_atomic, write_json
 
@@ -108,7 +108,7 @@ class ModelTuning:
 
 def build_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(
-        prog="python -m recbole_cmi.benchmark tune",
+        prog="python -m recbole_cmi benchmark tune",
         description="The same validation search for every model; writes properties/tuned/<dataset>/<Model>.yaml.",
         allow_abbrev=False,
     )
@@ -145,8 +145,7 @@ def build_parser() -> OneLineArgumentParser:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    overrides = accuracy.parse_overrides(rest, parser)
+    args, overrides = parse_with_config_values(parser, argv)
     if not args.dataset:
         parser.error("--dataset is required")
     if args.epochs is None:
@@ -155,7 +154,7 @@ def main(argv=None) -> int:
     values = {key: value for key, value in vars(args).items() if key in named}
     values.update(
         models=[m.strip() for m in args.models.split(",") if m.strip()],
-        config_files=[f for group in (args.config_files or []) for f in group.split()],
+        config_files=config_file_names(args.config_files),
         overrides=overrides,
         command=shlex.join(["python", "-m", "recbole_cmi.benchmark", "tune", *argv]),
     )

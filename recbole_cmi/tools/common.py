@@ -173,10 +173,3 @@ def score_users(model, item_seq, item_seq_len, user_ids=None):
         ):
             per_interest = candidate
     return scores, per_interest
-
-
-def parse_value(text: str):
-    """A command-line value as our Config reads it (numbers, lists, True/False, else the string; never code)."""
-    from recbole_cmi.config import literal_value
-
-    return literal_value(text)

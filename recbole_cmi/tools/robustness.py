@@ -14,14 +14,14 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from recbole_cmi.tools.common import ToolError, load, parse_value, pyplot
+from recbole_cmi.cli import parse_model_variants, split_top_level
+from recbole_cmi.tools.common import ToolError, load, pyplot
 
 MODES = ("drop", "replace")
 
@@ -112,50 +112,25 @@ class ModelSpec:
     checkpoint: str | None = None
 
 
-def _split_top_level(text: str, sep: str) -> list[str]:
-    parts, depth, current = [], 0, ""
-    for ch in text:
-        depth += ch in "[({"
-        depth -= ch in "])}"
-        if ch == sep and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    parts.append(current)
-    return [p.strip() for p in parts if p.strip()]
-
-
 def parse_models(text: str) -> list[ModelSpec]:
-    """``"CMI,CMI_noCL,SASRec,Mine:model=CMI;num_interest=4"`` -> specs.
+    """``"CMI,CMI_noCL,SASRec,CMI:num_interest=4,label=Wide"`` -> specs (grammar: :func:`parse_model_variants`).
 
-    A name is an alias (``ALIASES``) or a model; ``Label:key=value;key=value`` adds config keys
-    (``model=<Model>`` picks the model when the label is not one).
+    A name is an alias (``ALIASES``) or a model; its settings are config keys over the alias's. The earlier
+    ``Label:model=<Model>;key=value`` still works: ``model=`` picks the model when the name is a label.
     """
     specs = []
-    for item in _split_top_level(text, ","):
-        label, _, settings = item.partition(":")
-        label = label.strip()
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", label):
-            raise ToolError(f"--models: bad model name {label!r} (expected Name or Name:key=value;key=value)")
-        model, overrides = ALIASES.get(label, (label, {}))
-        overrides = dict(overrides)
-        for pair in _split_top_level(settings, ";"):
-            key, eq, value = pair.partition("=")
-            if not eq or not key.strip():
-                raise ToolError(f"--models: {item!r}: settings are key=value pairs separated by ';', got {pair!r}")
-            overrides[key.strip()] = parse_value(value.strip())
+    for variant in parse_model_variants(text):
+        model, overrides = ALIASES.get(variant.name, (variant.name, {}))
+        overrides = {**overrides, **variant.overrides}
         model = overrides.pop("model", model)
-        specs.append(ModelSpec(label, model, overrides))
-    if not specs:
-        raise ToolError("--models: no model given")
+        specs.append(ModelSpec(variant.label or variant.name, model, overrides))
     return specs
 
 
 def parse_checkpoints(text: str) -> list[ModelSpec]:
     """``"a.pth,Label=b.pth"`` -> specs; an unlabelled checkpoint is named after its model (or alias)."""
     specs = []
-    for item in _split_top_level(text, ","):
+    for item in split_top_level(text, ","):
         label, eq, path = item.partition("=")
         if not eq:
             label, path = "", item

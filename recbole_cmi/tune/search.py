@@ -56,6 +56,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from recbole_cmi.cli import check_config_files
 from recbole_cmi.errors import ConfigValueError, RecboleCmiError
 from recbole_cmi.tune.report import TrialRow, plain, write_json, write_outputs
 from recbole_cmi.tune.space import (
@@ -184,9 +185,7 @@ def make_plan(settings: SearchSettings) -> dict:
     params_file = Path(settings.params_file).resolve()
     params = parse_hyper_file(params_file)
     config_files = [str(Path(f).resolve()) for f in settings.config_files or []]
-    for path in config_files:
-        if not os.path.isfile(path):
-            raise ConfigValueError(f"config file not found: {path}")
+    check_config_files(config_files)
 
     config = _driver_config(settings.model, settings.dataset, config_files, dict(settings.config_dict))
     known = set(config.final_config_dict)
