@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     from recbole_cmi.cli import OneLineArgumentParser, run_cli
 
     parser = OneLineArgumentParser(
-        prog="python -m recbole_cmi.checkpoint",
+        prog="python -m recbole_cmi checkpoint",
         description="Rewrite a checkpoint that pickles Python objects (RecBole's, or recbole_cmi's before 0.2) "
         "in the safe format that loads without running code.",
     )

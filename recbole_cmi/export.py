@@ -180,7 +180,7 @@ def _versions(faiss) -> dict:
 def main(argv=None) -> int:
     from recbole_cmi.cli import TRUST_HELP, OneLineArgumentParser, run_cli
 
-    parser = OneLineArgumentParser(prog="python -m recbole_cmi.export", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="python -m recbole_cmi export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by our runs")
     parser.add_argument("--out", required=True, help="output folder (created; our files in it are replaced)")
     parser.add_argument(

@@ -74,3 +74,10 @@ def call(main, argv):
         except SystemExit as exc:
             status = exc.code
     return status, out.getvalue(), err.getvalue()
+
+
+def verb(name):
+    """The front door's ``name`` verb as a ``main(argv)``: ``python -m recbole_cmi <name> argv...``."""
+    from recbole_cmi.__main__ import main
+
+    return lambda argv: main([name, *argv])

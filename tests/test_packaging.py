@@ -43,6 +43,20 @@ def wheel(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory):
+    """The wheel installed (without dependencies) into a folder of its own, outside the checkout."""
+    target = tmp_path_factory.mktemp("site")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    return target
+
+
 def test_wheel_contains_properties_and_the_bundled_dataset(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     required = {
@@ -71,15 +85,22 @@ def test_wheel_contains_every_python_module(wheel):
     assert not missing, f"add their packages to setup.cfg [options] packages: {missing}"
 
 
-def test_installed_wheel_finds_its_resources_outside_the_checkout(wheel, tmp_path):
-    target = tmp_path / "site"
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
+def test_wheel_installs_the_front_door_command(wheel, installed, tmp_path):
+    names = zipfile.ZipFile(wheel).namelist()
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[console_scripts]" in text and "recbole-cmi = recbole_cmi.__main__:main" in text
+    target = installed
+    script = target / "bin" / "recbole-cmi"
+    env = dict(os.environ, PYTHONPATH=str(target))
+    run = subprocess.run([str(script), "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    verbs = ("run", "tune", "convert", "synthetic", "inspect", "recommend", "robustness", "export", "benchmark")
+    assert all(f"\n  {verb} " in run.stdout for verb in verbs), run.stdout
+
+
+def test_installed_wheel_finds_its_resources_outside_the_checkout(installed, tmp_path):
+    target = installed
     code = textwrap.dedent(
         """
         import json
@@ -103,11 +124,11 @@ def test_installed_wheel_finds_its_resources_outside_the_checkout(wheel, tmp_pat
     )
     assert run.returncode == 0, run.stderr[-3000:]
     found = json.loads(run.stdout.strip().splitlines()[-1])
-    installed = target / "recbole_cmi"
-    assert found["package"] == str(installed / "__init__.py")  # not the source checkout
-    assert found["properties"] == str(installed / "properties")
+    package = target / "recbole_cmi"
+    assert found["package"] == str(package / "__init__.py")  # not the source checkout
+    assert found["properties"] == str(package / "properties")
     assert found["datasets"] == ["micro_video"]
-    assert found["data_path"] == str(installed / "dataset" / "micro_video")
+    assert found["data_path"] == str(package / "dataset" / "micro_video")
     overall = yaml.safe_load((REPO_ROOT / "properties" / "overall.yaml").read_text(encoding="utf-8"))
     data_yaml = yaml.safe_load((REPO_ROOT / "properties" / "dataset" / "micro_video.yaml").read_text(encoding="utf-8"))
     # the installed yaml files were applied, the dataset's over the overall defaults

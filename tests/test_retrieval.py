@@ -12,11 +12,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_SETTINGS
+from conftest import REPO_ROOT, TINY_SETTINGS, verb
 from test_tools import call
 
-from recbole_cmi import export as export_cli
-from recbole_cmi import recommend as recommend_cli
 from recbole_cmi.config import Config
 from recbole_cmi.data.dataloader import data_preparation
 from recbole_cmi.errors import ConfigValueError
@@ -239,8 +237,8 @@ def test_recommend_with_faiss_equals_the_exact_ranking(checkpoints):
 def test_recommend_command_prints_the_interest_with_faiss(checkpoints):
     user = _users(checkpoints["CMI"], 1)[0]
     argv = ["--checkpoint", checkpoints["CMI"], "--user", user, "--topk", "5"]
-    status, exact, _ = call(recommend_cli.main, argv)
-    status_faiss, found, _ = call(recommend_cli.main, argv + ["--retrieval", "faiss", "--faiss-index", "flat"])
+    status, exact, _ = call(verb("recommend"), argv)
+    status_faiss, found, _ = call(verb("recommend"), argv + ["--retrieval", "faiss", "--faiss-index", "flat"])
     assert status == status_faiss == 0
     assert "\tinterest" in found
     rows = lambda text: [line.split("\t")[:2] + line.split("\t")[3:] for line in text.splitlines()[1:]]  # noqa: E731
@@ -254,7 +252,7 @@ def exports(checkpoints, workdir):
     for model_name, index in (("CMI", "flat"), ("SASRec", "hnsw")):
         folder = workdir / f"export-{model_name}"
         status, out, err = call(
-            export_cli.main, ["--checkpoint", checkpoints[model_name], "--out", str(folder), "--faiss-index", index]
+            verb("export"), ["--checkpoint", checkpoints[model_name], "--out", str(folder), "--faiss-index", index]
         )
         assert status == 0, err
         folders[model_name] = folder
@@ -292,7 +290,7 @@ def test_the_serving_example_reproduces_recommend(checkpoints, exports):
     example = REPO_ROOT / "docs" / "serve_export.py"
     assert len(example.read_text(encoding="utf-8").splitlines()) <= 40
     for user in _users(checkpoints["CMI"]):
-        _, expected, _ = call(recommend_cli.main, ["--checkpoint", checkpoints["CMI"], "--user", user, "--topk", "8"])
+        _, expected, _ = call(verb("recommend"), ["--checkpoint", checkpoints["CMI"], "--user", user, "--topk", "8"])
         out = io.StringIO()
         argv = sys.argv
         try:
@@ -314,7 +312,7 @@ def test_missing_faiss_is_one_line_naming_the_extra(monkeypatch, checkpoints):
         _trainer(checkpoints["SASRec"], retrieval="faiss")
     user = _users(checkpoints["SASRec"], 1)[0]
     argv = ["--checkpoint", checkpoints["SASRec"], "--user", user, "--retrieval", "faiss"]
-    status, out, err = call(recommend_cli.main, argv)
+    status, out, err = call(verb("recommend"), argv)
     assert status == 2 and err == f"error: {MISSING_FAISS}\n" and out == ""
 
 

@@ -16,12 +16,8 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, TINY_SETTINGS, call
+from conftest import REPO_ROOT, TINY_SETTINGS, call, verb
 
-from recbole_cmi import checkpoint as checkpoint_cli
-from recbole_cmi import inspect as inspect_cli
-from recbole_cmi import recommend as recommend_cli
-from recbole_cmi import robustness as robustness_cli
 from recbole_cmi.checkpoint import FORMAT, load_checkpoint
 from recbole_cmi.config import Config, literal_value
 from recbole_cmi.data.convert import microlens
@@ -98,9 +94,9 @@ def test_a_crafted_checkpoint_runs_nothing_through_any_entry_point(crafted, tiny
     for path in files:
         entry_points = [
             (run_main(), tiny_args(tiny_data_root, tmp_path) + [f"--resume={path}"]),
-            (recommend_cli.main, ["--checkpoint", str(path), "--user", "1"]),
-            (inspect_cli.main, ["--checkpoint", str(path), "--out", str(tmp_path / "inspect")]),
-            (robustness_cli.main, ["--checkpoints", str(path), "--out", str(tmp_path / "robust")]),
+            (verb("recommend"), ["--checkpoint", str(path), "--user", "1"]),
+            (verb("inspect"), ["--checkpoint", str(path), "--out", str(tmp_path / "inspect")]),
+            (verb("robustness"), ["--checkpoints", str(path), "--out", str(tmp_path / "robust")]),
         ]
         for main, argv in entry_points:
             status, _, err = call(main, argv)
@@ -143,9 +139,9 @@ def test_an_old_checkpoint_needs_trust_and_upgrades_to_the_safe_format(trained, 
     for name, tensor in safe_model.state_dict().items():
         assert torch.equal(tensor, trusted.state_dict()[name])
 
-    status, _, err = call(checkpoint_cli.main, ["upgrade", str(old)])
+    status, _, err = call(verb("checkpoint"), ["upgrade", str(old)])
     one_line_error(status, err, "--trust_checkpoint")
-    status, out, _ = call(checkpoint_cli.main, ["upgrade", str(old), "--trust_checkpoint"])
+    status, out, _ = call(verb("checkpoint"), ["upgrade", str(old), "--trust_checkpoint"])
     assert status == 0
     upgraded = out.split("safe checkpoint: ")[1].strip()
     assert torch.load(upgraded, weights_only=True)["format"] == FORMAT
@@ -174,7 +170,7 @@ def test_a_checkpoint_on_data_with_another_id_mapping_is_refused(trained, tiny_d
     checkpoint = load_checkpoint(path)
     checkpoint["config"]["data_path"] = str(moved)
     torch.save(checkpoint_payload_of(checkpoint), tmp_path / "moved.pth")
-    status, _, err = call(recommend_cli.main, ["--checkpoint", str(tmp_path / "moved.pth"), "--user", "1"])
+    status, _, err = call(verb("recommend"), ["--checkpoint", str(tmp_path / "moved.pth"), "--user", "1"])
     one_line_error(status, err, "ids differ", "same count but other order")
 
 

@@ -172,7 +172,7 @@ def write_atomic(data: SyntheticData, output: Path, name: str | None = None) -> 
 
 def main(argv=None) -> None:
     parser = OneLineArgumentParser(
-        prog="python -m recbole_cmi.data.synthetic",
+        prog="python -m recbole_cmi synthetic",
         description="Generate a synthetic micro-video dataset in RecBole atomic format.",
     )
     parser.add_argument("--output", required=True, help="output folder, e.g. dataset/micro_video")

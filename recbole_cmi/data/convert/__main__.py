@@ -13,7 +13,7 @@ from recbole_cmi.data.convert import SOURCES
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m recbole_cmi.data.convert",
+        prog="python -m recbole_cmi convert",
         description="Convert a public micro-video log to RecBole atomic files (<output>/<name>.inter, .item).",
     )
     sources = parser.add_subparsers(dest="source", required=True, metavar="source")
