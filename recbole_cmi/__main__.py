@@ -24,6 +24,7 @@ from recbole_cmi.cli import (
     parse_with_config_values,
     run_cli,
 )
+from recbole_cmi.errors import ConfigValueError
 
 PROG = "python -m recbole_cmi"
 
@@ -38,6 +39,11 @@ run printed (its ``-last.pth`` sibling, written after every validation, is used 
 file itself. With the same settings and seed the resumed run ends with the same model and metrics as an
 uninterrupted one. ``--trust_checkpoint`` lets ``--resume`` read a checkpoint that pickles Python objects
 (RecBole's, or ours before 0.2); unpickling runs any code a crafted file holds, so use it for files you trust only.
+
+Several processes (DDP; gloo on CPU, nccl on GPUs; see recbole_cmi/distributed.py), as RecBole's run_recbole:
+``--nproc=2`` on one machine; on several, the same ``--world_size`` (all processes), ``--ip``/``--port`` of rank
+0's machine and ``--group_offset`` (processes on the machines before this one) on each. Under ``torchrun``
+(``torchrun [...] -m recbole_cmi run --model=CMI ...``) torchrun sets the processes and the rendezvous.
 """
 
 
@@ -51,25 +57,62 @@ def run(argv=None) -> int:
     )
     parser.add_argument("--saved", default="True", help="save and reload the best checkpoint (True/False)")
     parser.add_argument("--trust_checkpoint", action="store_true", help=TRUST_HELP)
+    launch = parser.add_argument_group("several processes (DDP)")
+    launch.add_argument("--nproc", type=int, default=1, help="processes on this machine (default 1)")
+    launch.add_argument("--world_size", type=int, default=-1, help="processes in all (default: nproc)")
+    launch.add_argument("--ip", default="127.0.0.1", help="address of rank 0's machine")
+    launch.add_argument("--port", type=int, default=None, help="rendezvous port (default: a free one)")
+    launch.add_argument("--group_offset", type=int, default=0, help="global rank of this machine's first process")
     args, config_dict = parse_with_config_values(parser, argv)
     if args.saved.lower() not in _BOOLEANS:
         parser.error(f"--saved must be True or False, got {args.saved!r}")
+    from recbole_cmi.distributed import torchrun_settings
+
+    given = [a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.split("=")[0] in LAUNCH_OPTIONS]
+    if torchrun_settings() is not None and given:
+        parser.error(f"{', '.join(given)}: under torchrun, torchrun sets the processes and the rendezvous")
     return run_cli(lambda: _run(args, _BOOLEANS[args.saved.lower()], config_dict))
 
 
+LAUNCH_OPTIONS = ("--nproc", "--world_size", "--ip", "--port", "--group_offset")
+
+
 def _run(args, saved: bool, config_dict: dict) -> int:
-    from recbole_cmi.quick_start import run_recbole_cmi
+    from recbole_cmi import quick_start
+    from recbole_cmi.distributed import torchrun_settings
     from recbole_cmi.trainer import last_checkpoint_path
 
-    result = run_recbole_cmi(
-        args.model,
-        args.dataset,
-        check_config_files(config_file_names(args.config_files)) or None,
-        config_dict,
-        saved=saved,
-        resume=args.resume,
-        trust_checkpoint=args.trust_checkpoint,
-    )
+    config_files = check_config_files(config_file_names(args.config_files)) or None
+    if torchrun_settings() is not None:
+        result = quick_start.run_torchrun_process(args.model, args.dataset, config_files, config_dict)
+    elif args.nproc == 1 and args.world_size <= 0:
+        result = quick_start.run_recbole_cmi(
+            args.model,
+            args.dataset,
+            config_files,
+            config_dict,
+            saved=saved,
+            resume=args.resume,
+            trust_checkpoint=args.trust_checkpoint,
+        )
+    else:
+        if args.trust_checkpoint:
+            raise ConfigValueError("--trust_checkpoint is for one process: upgrade the checkpoint first")
+        result = quick_start.run_distributed(
+            args.model,
+            args.dataset,
+            config_files,
+            config_dict,
+            nproc=args.nproc,
+            world_size=args.world_size,
+            ip=args.ip,
+            port=args.port,
+            group_offset=args.group_offset,
+            saved=saved,
+            resume=args.resume,
+        )
+    if result is None:  # a DDP process other than global rank 0
+        return 0
     print(f"best valid: {_plain(result['best_valid_result'])}")
     print(f"test result: {_plain(result['test_result'])}")
     if result["saved_model_file"]:
@@ -311,7 +354,7 @@ VERBS = {
     "robustness": (__name__, "robustness", "metrics under dropped or replaced history items"),
     "export": ("recbole_cmi.export", "main", "item vectors and a faiss index for serving"),
     "checkpoint": ("recbole_cmi.checkpoint", "main", "upgrade an old (pickled) checkpoint to the safe format"),
-    "benchmark": ("recbole_cmi.benchmark.__main__", "main", "accuracy, speed, tune or anomaly benchmark"),
+    "benchmark": ("recbole_cmi.benchmark.__main__", "main", "accuracy, speed, tune, anomaly or gpu benchmark"),
 }
 
 

@@ -23,6 +23,7 @@ rewrites a trusted old file in the safe format once, so it never needs trust aga
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import os
@@ -219,10 +220,25 @@ def checkpoint_payload(state: dict) -> dict:
     return payload
 
 
+def atomic_torch_save(state, target) -> None:
+    """Write ``state`` to ``target`` so that ``target`` is either the old file or the complete new one."""
+    target = str(target)
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            # torch's default protocol: the weights-only loader does not read protocol 4 (RecBole's).
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 def upgrade(source, target=None) -> str:
     """Rewrite a trusted pickled checkpoint in the safe format; returns the new file's path."""
-    from recbole_cmi.trainer import atomic_torch_save
-
     source = str(source)
     checkpoint = load_checkpoint(source, trust=True)
     if checkpoint.get("format") == FORMAT:

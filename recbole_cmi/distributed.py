@@ -1,22 +1,23 @@
-"""Multi-process (DDP) training for our runner: gloo on CPU, nccl on GPU.
+"""Multi-process (DDP) training for our runner: gloo on CPU, nccl on GPU; the process-group helpers.
 
-:func:`run_distributed` is RecBole's ``run(..., nproc=N)`` for :func:`recbole_cmi.quick_start.run_recbole_cmi`:
+The launcher, :func:`recbole_cmi.quick_start.run_distributed`, is RecBole's ``run(..., nproc=N)`` for
+:func:`recbole_cmi.quick_start.run_recbole_cmi` (it lives in ``quick_start``, above this module, as RecBole's does):
 it spawns ``nproc`` processes (``torch.multiprocessing``, start method ``spawn``), each running the whole
 pipeline with RecBole's distributed keys in its config — ``local_rank`` (0..nproc-1), ``world_size``, ``ip``,
 ``port``, ``nproc``, ``offset`` (the global rank of this machine's first process) — and returns the result of
 global rank 0 (the others return nothing)::
 
-    from recbole_cmi.distributed import run_distributed
+    from recbole_cmi.quick_start import run_distributed
     result = run_distributed("CMI", "micro_video", config_dict={"gpu_id": ""}, nproc=2)
 
-    python -m recbole_cmi.distributed --nproc=2 --model=CMI --dataset=micro_video --gpu_id=""
+    python -m recbole_cmi run --nproc=2 --model=CMI --dataset=micro_video --gpu_id=""
 
 Several machines: run it on each with the same ``world_size`` (all processes), ``ip``/``port`` of the machine
 of rank 0, and ``group_offset`` = the number of processes on the machines before it; or let ``torchrun`` start
 the processes (:func:`torchrun_settings`), the same command on every machine::
 
     torchrun --nnodes=2 --nproc_per_node=1 --rdzv_backend=c10d --rdzv_endpoint=<first machine>:29400 \\
-        -m recbole_cmi.distributed --model=CMI --dataset=micro_video --gpu_id=""
+        -m recbole_cmi run --model=CMI --dataset=micro_video --gpu_id=""
 
 Only global rank 0 (``local_rank + offset``) writes files (checkpoints, log file, tensorboard events) and logs
 more than errors; the others may be on machines that share no disk with it, so the best model is sent to
@@ -50,20 +51,15 @@ the metrics (its ``DistributedSampler`` pads the last users by repeating up to `
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import pickle
 import socket
-import sys
-import tempfile
 
 import torch
 import torch.distributed as dist
 from recbole.trainer import AbstractTrainer
 from torch.nn.parallel import DistributedDataParallel
 
-from recbole_cmi.errors import ConfigValueError, RecboleCmiError
+from recbole_cmi.errors import ConfigValueError
 
 __all__ = [
     "DeviceAwareDDP",
@@ -73,7 +69,6 @@ __all__ = [
     "init_cpu_distributed",
     "is_distributed",
     "is_main_rank",
-    "run_distributed",
     "same_on_all_ranks",
     "torchrun_settings",
     "uses_cpu_distributed",
@@ -104,7 +99,7 @@ def init_cpu_distributed(cfg: dict) -> None:
     if missing:
         raise ConfigValueError(
             f"a distributed run (local_rank={cfg['local_rank']}) needs {', '.join(missing)} in its config: "
-            "start it with recbole_cmi.distributed.run_distributed"
+            "start it with recbole_cmi.quick_start.run_distributed"
         )
     gpu_id = _gpu_id(cfg)
     cfg["gpu_id"] = gpu_id
@@ -190,130 +185,6 @@ def find_free_port(ip: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def run_distributed(
-    model=None,
-    dataset=None,
-    config_file_list=None,
-    config_dict=None,
-    nproc: int = 2,
-    world_size: int = -1,
-    ip: str = "127.0.0.1",
-    port: int | None = None,
-    group_offset: int = 0,
-    saved: bool = True,
-    read_argv: bool = False,
-    resume=None,
-    evaluate_test: bool = True,
-):
-    """Train and test with ``nproc`` DDP processes on this machine; global rank 0's result (else None).
-
-    Arguments as :func:`recbole_cmi.quick_start.run_recbole_cmi`, plus RecBole's ``nproc``,
-    ``world_size`` (all processes of the run; -1: ``nproc``), ``ip``/``port`` of rank 0's machine (port
-    None: a free one, single machine only) and ``group_offset`` (global rank of this machine's first
-    process). With ``read_argv`` the workers read ``--key=value`` pairs from ``sys.argv`` as the runner does.
-    The returned dict is ``run_recbole_cmi``'s.
-    """
-    import torch.multiprocessing as mp
-    from torch.multiprocessing.spawn import ProcessException
-
-    nproc = int(nproc)
-    if nproc < 1:
-        raise ConfigValueError(f"nproc must be >= 1, got {nproc}")
-    world_size = nproc if world_size in (None, -1) else int(world_size)
-    if world_size < nproc + group_offset:
-        raise ConfigValueError(f"world_size={world_size} is smaller than nproc + group_offset = {nproc + group_offset}")
-    if port is None:
-        if world_size != nproc:
-            raise ConfigValueError("a run over several machines needs an explicit port (the same on all of them)")
-        port = find_free_port(ip)
-    settings = dict(config_dict or {})
-    settings.update(world_size=world_size, ip=ip, port=int(port), nproc=nproc, offset=int(group_offset))
-    # On a failure spawn logs "Terminating process ... via signal SIGTERM" for each survivor; our error says so.
-    spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
-    with tempfile.TemporaryDirectory(prefix="recbole_cmi_ddp_") as tmp, _level(spawn_logger, logging.ERROR):
-        try:
-            mp.spawn(
-                _worker,
-                args=(model, dataset, config_file_list, settings, saved, read_argv, resume, evaluate_test, tmp),
-                nprocs=nproc,
-                join=True,
-            )
-        except ProcessException as err:  # one process failed: spawn has stopped the others
-            user_error = _user_error(tmp)
-            if user_error is not None:
-                raise user_error from err
-            raise RecboleCmiError(_process_failure(err, group_offset)) from err
-        result_file = os.path.join(tmp, "result.pkl")
-        if not os.path.isfile(result_file):
-            return None
-        with open(result_file, "rb") as f:
-            return pickle.load(f)
-
-
-def _worker(local_rank, model, dataset, config_file_list, settings, saved, read_argv, resume, evaluate_test, tmp):
-    from recbole_cmi.cli import quiet_recbole_warnings
-    from recbole_cmi.quick_start import run_recbole_cmi
-
-    if not os.environ.get("RECBOLE_CMI_TRACEBACK"):
-        quiet_recbole_warnings()  # a spawned process starts with Python's default filters, not the parent's
-
-    settings = dict(settings, local_rank=local_rank)
-    try:
-        result = run_recbole_cmi(
-            model,
-            dataset,
-            config_file_list,
-            settings,
-            saved=saved,
-            read_argv=read_argv,
-            resume=resume,
-            evaluate_test=evaluate_test,
-        )
-        if local_rank + settings["offset"] == 0:
-            _write_atomically(os.path.join(tmp, "result.pkl"), result)
-    except RecboleCmiError as err:  # reported by the parent as the same one-line error
-        _write_atomically(os.path.join(tmp, f"error-{local_rank}.pkl"), err)
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def _level(logger, level):
-    previous = logger.level
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
-
-
-def _process_failure(err, group_offset: int) -> str:
-    """One line for a DDP process that died (a signal, ``exit``) or raised something other than our errors."""
-    rank = err.error_index + group_offset
-    signal_name = getattr(err, "signal_name", None)
-    if signal_name:
-        return f"DDP rank {rank} was killed by {signal_name}; the other processes were stopped"
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    cause = lines[-1] if lines and "Traceback" in str(err) else f"exit code {getattr(err, 'exit_code', '?')}"
-    return f"DDP rank {rank} failed: {cause}; the other processes were stopped"
-
-
-def _write_atomically(path: str, value) -> None:
-    with open(f"{path}.tmp", "wb") as f:
-        pickle.dump(value, f)
-    os.replace(f"{path}.tmp", path)
-
-
-def _user_error(tmp: str):
-    for name in sorted(os.listdir(tmp)):
-        if name.startswith("error-") and name.endswith(".pkl"):
-            with open(os.path.join(tmp, name), "rb") as f:
-                return pickle.load(f)
-    return None
-
-
 # ------------------------------------------------------------------------------------ torchrun
 def torchrun_settings(environ=None) -> dict | None:
     """RecBole's distributed keys from the environment torchrun gives each process (None outside torchrun).
@@ -334,86 +205,3 @@ def torchrun_settings(environ=None) -> dict | None:
         "ip": environ["MASTER_ADDR"],
         "port": int(environ["MASTER_PORT"]),
     }
-
-
-def run_torchrun_process(model=None, dataset=None, config_file_list=None, config_dict=None, read_argv=False):
-    """Train and test as the one process torchrun started here; global rank 0's result (else None)."""
-    from recbole_cmi.quick_start import run_recbole_cmi
-
-    settings = dict(config_dict or {}, **torchrun_settings())
-    try:
-        result = run_recbole_cmi(model, dataset, config_file_list, settings, read_argv=read_argv)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return result if settings["local_rank"] + settings["offset"] == 0 else None
-
-
-# ------------------------------------------------------------------------------------ command line
-LAUNCH_OPTIONS = ("--nproc", "--world_size", "--ip", "--port", "--group_offset")
-
-
-def main(argv=None) -> int:
-    """``python -m recbole_cmi.distributed --nproc=2 --model=CMI --dataset=micro_video [--key=value ...]``.
-
-    Under ``torchrun`` (one or several machines), ``torchrun [...] -m recbole_cmi.distributed --model=CMI
-    --dataset=...`` runs each process torchrun starts; torchrun, not these options, sets ranks and rendezvous.
-    """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    from recbole_cmi.cli import OneLineArgumentParser, run_cli
-
-    parser = OneLineArgumentParser(
-        prog="python -m recbole_cmi.distributed",
-        description="Train and test a model with several DDP processes (gloo on CPU, nccl on GPUs).",
-        allow_abbrev=False,
-    )
-    parser.add_argument("--model", "-m", default=None)
-    parser.add_argument("--dataset", "-d", default=None)
-    parser.add_argument("--config_files", nargs="*", default=None, help="yaml files, later ones win")
-    parser.add_argument("--nproc", type=int, default=2, help="processes on this machine (default 2)")
-    parser.add_argument("--world_size", type=int, default=-1, help="processes in all (default: nproc)")
-    parser.add_argument("--ip", default="127.0.0.1", help="address of rank 0's machine")
-    parser.add_argument("--port", type=int, default=None, help="rendezvous port (default: a free one)")
-    parser.add_argument("--group_offset", type=int, default=0, help="global rank of this machine's first process")
-    args, rest = parser.parse_known_args(argv)
-    unknown = [a for a in rest if not (a.startswith("--") and "=" in a)]
-    if unknown:
-        parser.error(f"unrecognised arguments {' '.join(unknown)}: config keys are given as --key=value")
-    under_torchrun = torchrun_settings() is not None
-    given = [a.split("=")[0] for a in argv if a.split("=")[0] in LAUNCH_OPTIONS]
-    if under_torchrun and given:
-        parser.error(f"{', '.join(given)}: under torchrun, torchrun sets the processes and the rendezvous")
-    config_files = [f for group in (args.config_files or []) for f in group.split()] or None
-
-    def run():
-        if under_torchrun:
-            result = run_torchrun_process(args.model, args.dataset, config_files, read_argv=True)
-        else:
-            result = run_distributed(
-                args.model,
-                args.dataset,
-                config_files,
-                nproc=args.nproc,
-                world_size=args.world_size,
-                ip=args.ip,
-                port=args.port,
-                group_offset=args.group_offset,
-                read_argv=True,
-            )
-        if result is not None:
-            print(f"best valid: {dict(result['best_valid_result'] or {})}")
-            print(f"test result: {dict(result['test_result'] or {})}")
-            if result["saved_model_file"]:
-                print(f"saved model: {result['saved_model_file']}")
-
-    # The workers read the remaining --key=value pairs from sys.argv (spawned processes inherit it).
-    original_argv = sys.argv
-    sys.argv = [original_argv[0] if original_argv else "recbole_cmi.distributed"] + rest
-    try:
-        return run_cli(run)
-    finally:
-        sys.argv = original_argv
-
-
-if __name__ == "__main__":
-    sys.exit(main())

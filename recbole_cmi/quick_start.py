@@ -1,4 +1,6 @@
-"""Run a model end to end: ``run_recbole_cmi`` (train, validate, test) and helpers.
+"""Run a model end to end: ``run_recbole_cmi`` (train, validate, test), its multi-process launcher
+``run_distributed`` (RecBole's ``run(..., nproc)``; :mod:`recbole_cmi.distributed` for how DDP works here) and
+helpers.
 
 Mirrors ``recbole.quick_start.run_recbole`` (same seeding order, same FLOPs pass, so a core
 model gives the same numbers through either) but resolves our models, uses our Trainer, and
@@ -7,14 +9,20 @@ never imports Ray.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import pickle
 import sys
+import tempfile
 from logging import getLogger
+
+import torch.distributed as dist
 
 from recbole_cmi.checkpoint import check_id_mapping, load_checkpoint
 from recbole_cmi.compat import disable_anomaly_mode
 from recbole_cmi.config import Config
-from recbole_cmi.errors import CheckpointError, ConfigValueError, DatasetError
+from recbole_cmi.errors import CheckpointError, ConfigValueError, DatasetError, RecboleCmiError
 from recbole_cmi.paths import describe_unreadable
 
 
@@ -99,7 +107,7 @@ def prepare(model=None, dataset=None, config_file_list=None, config_dict=None, r
 
     from recbole_cmi.data.dataloader import data_preparation
     from recbole_cmi.distributed import global_rank, is_main_rank
-    from recbole_cmi.utils import get_model
+    from recbole_cmi.utils import get_model, train_batch_hooks
 
     config = Config(model, dataset, config_file_list, config_dict, read_argv=read_argv)
     init_seed(config["seed"], config["reproducibility"])
@@ -115,7 +123,7 @@ def prepare(model=None, dataset=None, config_file_list=None, config_dict=None, r
     logger.info(config)
     data = create_dataset(config)
     logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    train_data, valid_data, test_data = data_preparation(config, data, train_batch_hooks(config["model"]))
     # RecBole adds local_rank, the same on every machine of a multi-node run; the global rank keeps ranks apart.
     init_seed(config["seed"] + global_rank(config), config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
@@ -156,7 +164,7 @@ def run_recbole_cmi(
     """
     from recbole.utils import set_color
 
-    from recbole_cmi.utils import get_trainer
+    from recbole_cmi.trainer import get_trainer
 
     problem = describe_unreadable(resume, "checkpoint file") if resume else None
     if problem:
@@ -206,7 +214,7 @@ def load_data_and_model(model_file, trust=False):
     from recbole.utils import init_seed
 
     from recbole_cmi.data.dataloader import data_preparation
-    from recbole_cmi.utils import get_model
+    from recbole_cmi.utils import get_model, train_batch_hooks
 
     checkpoint = load_checkpoint(model_file, map_location="cpu", trust=trust)
     config = checkpoint.get("config")
@@ -220,7 +228,7 @@ def load_data_and_model(model_file, trust=False):
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     check_id_mapping(checkpoint, dataset, model_file)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset, train_batch_hooks(config["model"]))
     init_seed(config["seed"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset)
     model.load_state_dict(checkpoint["state_dict"])
@@ -231,8 +239,150 @@ def load_data_and_model(model_file, trust=False):
 
 def evaluate_checkpoint(model_file, split="test", trust=False):
     """Evaluate a saved checkpoint on its dataset's ``"valid"`` or ``"test"`` split."""
-    from recbole_cmi.utils import get_trainer
+    from recbole_cmi.trainer import get_trainer
 
     config, model, _, _, valid_data, test_data = load_data_and_model(model_file, trust=trust)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     return trainer.evaluate(valid_data if split == "valid" else test_data, load_best_model=False)
+
+
+# ------------------------------------------------------------------------------------ several processes
+# RecBole keeps its multi-process launcher, run(..., nproc), in quick_start too; the process-group helpers the
+# config and the trainer use are in recbole_cmi.distributed (below this module). python -m recbole_cmi run
+# --nproc=N starts it; under torchrun the same command runs the one process torchrun started.
+def run_distributed(
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    config_dict=None,
+    nproc: int = 2,
+    world_size: int = -1,
+    ip: str = "127.0.0.1",
+    port: int | None = None,
+    group_offset: int = 0,
+    saved: bool = True,
+    read_argv: bool = False,
+    resume=None,
+    evaluate_test: bool = True,
+):
+    """Train and test with ``nproc`` DDP processes on this machine; global rank 0's result (else None).
+
+    Arguments as :func:`recbole_cmi.quick_start.run_recbole_cmi`, plus RecBole's ``nproc``,
+    ``world_size`` (all processes of the run; -1: ``nproc``), ``ip``/``port`` of rank 0's machine (port
+    None: a free one, single machine only) and ``group_offset`` (global rank of this machine's first
+    process). With ``read_argv`` the workers read ``--key=value`` pairs from ``sys.argv`` as the runner does.
+    The returned dict is ``run_recbole_cmi``'s.
+    """
+    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
+
+    from recbole_cmi.distributed import find_free_port
+
+    nproc = int(nproc)
+    if nproc < 1:
+        raise ConfigValueError(f"nproc must be >= 1, got {nproc}")
+    world_size = nproc if world_size in (None, -1) else int(world_size)
+    if world_size < nproc + group_offset:
+        raise ConfigValueError(f"world_size={world_size} is smaller than nproc + group_offset = {nproc + group_offset}")
+    if port is None:
+        if world_size != nproc:
+            raise ConfigValueError("a run over several machines needs an explicit port (the same on all of them)")
+        port = find_free_port(ip)
+    settings = dict(config_dict or {})
+    settings.update(world_size=world_size, ip=ip, port=int(port), nproc=nproc, offset=int(group_offset))
+    # On a failure spawn logs "Terminating process ... via signal SIGTERM" for each survivor; our error says so.
+    spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
+    with tempfile.TemporaryDirectory(prefix="recbole_cmi_ddp_") as tmp, _level(spawn_logger, logging.ERROR):
+        try:
+            mp.spawn(
+                _worker,
+                args=(model, dataset, config_file_list, settings, saved, read_argv, resume, evaluate_test, tmp),
+                nprocs=nproc,
+                join=True,
+            )
+        except ProcessException as err:  # one process failed: spawn has stopped the others
+            user_error = _user_error(tmp)
+            if user_error is not None:
+                raise user_error from err
+            raise RecboleCmiError(_process_failure(err, group_offset)) from err
+        result_file = os.path.join(tmp, "result.pkl")
+        if not os.path.isfile(result_file):
+            return None
+        with open(result_file, "rb") as f:
+            return pickle.load(f)
+
+
+def _worker(local_rank, model, dataset, config_file_list, settings, saved, read_argv, resume, evaluate_test, tmp):
+    from recbole_cmi.cli import quiet_recbole_warnings
+
+    if not os.environ.get("RECBOLE_CMI_TRACEBACK"):
+        quiet_recbole_warnings()  # a spawned process starts with Python's default filters, not the parent's
+
+    settings = dict(settings, local_rank=local_rank)
+    try:
+        result = run_recbole_cmi(
+            model,
+            dataset,
+            config_file_list,
+            settings,
+            saved=saved,
+            read_argv=read_argv,
+            resume=resume,
+            evaluate_test=evaluate_test,
+        )
+        if local_rank + settings["offset"] == 0:
+            _write_atomically(os.path.join(tmp, "result.pkl"), result)
+    except RecboleCmiError as err:  # reported by the parent as the same one-line error
+        _write_atomically(os.path.join(tmp, f"error-{local_rank}.pkl"), err)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def _level(logger, level):
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _process_failure(err, group_offset: int) -> str:
+    """One line for a DDP process that died (a signal, ``exit``) or raised something other than our errors."""
+    rank = err.error_index + group_offset
+    signal_name = getattr(err, "signal_name", None)
+    if signal_name:
+        return f"DDP rank {rank} was killed by {signal_name}; the other processes were stopped"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    cause = lines[-1] if lines and "Traceback" in str(err) else f"exit code {getattr(err, 'exit_code', '?')}"
+    return f"DDP rank {rank} failed: {cause}; the other processes were stopped"
+
+
+def _write_atomically(path: str, value) -> None:
+    with open(f"{path}.tmp", "wb") as f:
+        pickle.dump(value, f)
+    os.replace(f"{path}.tmp", path)
+
+
+def _user_error(tmp: str):
+    for name in sorted(os.listdir(tmp)):
+        if name.startswith("error-") and name.endswith(".pkl"):
+            with open(os.path.join(tmp, name), "rb") as f:
+                return pickle.load(f)
+    return None
+
+
+def run_torchrun_process(model=None, dataset=None, config_file_list=None, config_dict=None, read_argv=False):
+    """Train and test as the one process torchrun started here; global rank 0's result (else None)."""
+    from recbole_cmi.distributed import torchrun_settings
+
+    settings = dict(config_dict or {}, **torchrun_settings())
+    try:
+        result = run_recbole_cmi(model, dataset, config_file_list, settings, read_argv=read_argv)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return result if settings["local_rank"] + settings["offset"] == 0 else None

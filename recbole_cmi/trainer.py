@@ -41,6 +41,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import random
 
@@ -49,7 +50,13 @@ import torch
 from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import set_color
 
-from recbole_cmi.checkpoint import check_id_mapping, checkpoint_payload, id_mapping_fingerprint, load_checkpoint
+from recbole_cmi.checkpoint import (
+    atomic_torch_save,
+    check_id_mapping,
+    checkpoint_payload,
+    id_mapping_fingerprint,
+    load_checkpoint,
+)
 from recbole_cmi.compat import disable_anomaly_mode
 from recbole_cmi.data.protocol import MultiTargetEvalLoader, evaluate_multi_target
 from recbole_cmi.distributed import DeviceAwareDDP, is_distributed, is_main_rank, same_on_all_ranks
@@ -62,6 +69,7 @@ __all__ = [
     "NonFiniteLossError",
     "RetrievalMixin",
     "Trainer",
+    "get_trainer",
     "last_checkpoint_path",
 ]
 
@@ -70,23 +78,6 @@ def last_checkpoint_path(saved_model_file) -> str:
     """``saved/SASRec-<time>.pth`` -> ``saved/SASRec-<time>-last.pth``."""
     root, ext = os.path.splitext(str(saved_model_file))
     return f"{root}-last{ext or '.pth'}"
-
-
-def atomic_torch_save(state, target) -> None:
-    """Write ``state`` to ``target`` so that ``target`` is either the old file or the complete new one."""
-    target = str(target)
-    tmp = f"{target}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            # torch's default protocol: the weights-only loader does not read protocol 4 (RecBole's).
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 def capture_rng_state(train_data=None) -> dict:
@@ -481,3 +472,18 @@ class Trainer(*PLUGIN_TRAINER_MIXINS, RecBoleTrainer, DeviceAwareDDP):  # Device
             cause = f"the weight {weight}" if weight else "a setting of the model"
             return f"it is not finite before the first update, so the cause is {cause}, not the learning rate"
         return f"try a lower learning_rate{f', or a smaller {weight}' if weight else ''}"
+
+
+def get_trainer(model_type, model_name: str):
+    """Our :class:`recbole_cmi.trainer.Trainer`, or a model's own trainer from either package.
+
+    A core-specific trainer (``recbole.trainer.<Model>Trainer``) gets our checkpoint handling and
+    evaluation options mixed in, so every run loads checkpoints and ranks items the same way.
+    """
+    own = globals().get(f"{model_name}Trainer")
+    if isinstance(own, type):
+        return own
+    core = getattr(importlib.import_module("recbole.trainer"), f"{model_name}Trainer", None)
+    if core is None:
+        return Trainer
+    return type(core.__name__, (*PLUGIN_TRAINER_MIXINS, core), {})

@@ -1,4 +1,4 @@
-"""Model and trainer lookup: recbole_cmi first, then RecBole core.
+"""Model lookup: recbole_cmi first, then RecBole core (the trainer lookup is ``recbole_cmi.trainer.get_trainer``).
 
 Unlike ``recbole.utils.get_model`` this never imports ``recbole.model.exlib_recommender``
 (which needs lightgbm/xgboost and turns an unknown name into a misleading
@@ -109,18 +109,6 @@ def get_model(model_name: str):
     )
 
 
-def get_trainer(model_type, model_name: str):
-    """Our :class:`recbole_cmi.trainer.Trainer`, or a model's own trainer from either package.
-
-    A core-specific trainer (``recbole.trainer.<Model>Trainer``) gets our checkpoint handling and
-    evaluation options mixed in, so every run loads checkpoints and ranks items the same way.
-    """
-    from recbole_cmi import trainer as ours
-
-    own = getattr(ours, f"{model_name}Trainer", None)
-    if own is not None:
-        return own
-    core = getattr(importlib.import_module("recbole.trainer"), f"{model_name}Trainer", None)
-    if core is None:
-        return ours.Trainer
-    return type(core.__name__, (*ours.PLUGIN_TRAINER_MIXINS, core), {})
+def train_batch_hooks(model_name: str):
+    """The model's ``train_batch_hooks(config, dataset)`` builder for ``data_preparation``; None when it has none."""
+    return getattr(get_model(model_name), "train_batch_hooks", None)

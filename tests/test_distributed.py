@@ -11,9 +11,9 @@ import torch.multiprocessing as mp
 
 from recbole_cmi.data.augmentation import view_fields
 from recbole_cmi.data.sampler import SHARED_NEG_FIELD
-from recbole_cmi.distributed import find_free_port, run_distributed, uses_cpu_distributed
+from recbole_cmi.distributed import find_free_port, uses_cpu_distributed
 from recbole_cmi.errors import ConfigValueError, DatasetError
-from recbole_cmi.quick_start import evaluate_checkpoint
+from recbole_cmi.quick_start import evaluate_checkpoint, run_distributed
 
 METRICS = ("recall@10", "ndcg@10", "hit@10", "mrr@10")
 
@@ -87,7 +87,7 @@ def _gradient_worker(rank, folder, port, settings):
     import torch.distributed as dist
 
     from recbole_cmi.config import Config
-    from recbole_cmi.utils import get_trainer
+    from recbole_cmi.trainer import get_trainer
 
     config = Config(
         "CMI",

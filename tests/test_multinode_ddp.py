@@ -60,7 +60,7 @@ def _config_file(folder: Path, data_root: Path, **overrides) -> Path:
 
 
 def _module_args(model, config) -> list[str]:
-    return ["-m", "recbole_cmi.distributed", f"--model={model}", "--dataset=tiny", f"--config_files={config}"]
+    return ["-m", "recbole_cmi", "run", f"--model={model}", "--dataset=tiny", f"--config_files={config}"]
 
 
 def _torchrun(node: Path, port: int, run_id: str, args: list[str], **popen) -> subprocess.Popen:
@@ -186,7 +186,7 @@ def test_inside_a_killed_rank_ends_both_torchrun_nodes(tmp_path, tiny_data_root)
     nodes = [_torchrun(tmp_path / f"node{i}", port, run_id, _module_args("SASRec", config)) for i in range(2)]
     _wait_for_checkpoint(tmp_path, nodes)
     rank0 = next(i for i in range(2) if list((tmp_path / f"node{i}" / "saved").glob("*.pth")))
-    victim = next(pid for pid in _children(nodes[1 - rank0].pid) if "recbole_cmi.distributed" in _cmdline(pid))
+    victim = next(pid for pid in _children(nodes[1 - rank0].pid) if "recbole_cmi" in _cmdline(pid))
     start = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     for node in nodes:  # no hang: both torchrun agents end, with a failure

@@ -21,6 +21,7 @@ from recbole_cmi.data.dataloader import data_preparation
 from recbole_cmi.errors import CheckpointError, DatasetError
 from recbole_cmi.quick_start import create_dataset, run_recbole_cmi
 from recbole_cmi.trainer import NonFiniteLossError, last_checkpoint_path
+from recbole_cmi.utils import train_batch_hooks
 
 
 def run(data_root, checkpoint_dir, model="SASRec", resume=None, callback_fn=None, **overrides):
@@ -135,7 +136,7 @@ def regular_rows(users=6, items=8):
 
 def split_users(config):
     dataset = create_dataset(config)
-    loaders = data_preparation(config, dataset)
+    loaders = data_preparation(config, dataset, train_batch_hooks(config["model"]))
     tokens = dataset.field2id_token["user_id"]
     return dataset, [set(tokens[loader._dataset.inter_feat["user_id"].numpy()]) for loader in loaders]
 
@@ -163,13 +164,13 @@ def test_empty_splits_are_clear_errors(tmp_path, per_user, split):
     rows = [f"u{u}\tv{u + i}\t{i}" for u in range(1, 9) for i in range(per_user)]
     config = dataset_with(tmp_path, rows)
     with pytest.raises(DatasetError, match=f"the {split} split of dataset 'odd' is empty"):
-        data_preparation(config, create_dataset(config))
+        data_preparation(config, create_dataset(config), train_batch_hooks(config["model"]))
 
 
 def test_topk_above_the_item_count_is_a_clear_error(tmp_path):
     config = dataset_with(tmp_path, regular_rows(items=8), topk=[5, 50], valid_metric="NDCG@5")
     with pytest.raises(DatasetError, match=r"topk=\[5, 50\]: dataset 'odd' has only 8 items"):
-        data_preparation(config, create_dataset(config))
+        data_preparation(config, create_dataset(config), train_batch_hooks(config["model"]))
 
 
 def test_duplicate_rows_are_kept_unless_rm_dup_inter(tmp_path):
@@ -200,7 +201,7 @@ def test_nearly_valid_files_load_or_fail_with_a_dataset_error(rows):
     try:
         config = dataset_with(root, rows, topk=[1], valid_metric="NDCG@1")
         try:
-            data_preparation(config, create_dataset(config))
+            data_preparation(config, create_dataset(config), train_batch_hooks(config["model"]))
         except DatasetError as err:
             assert "\n" not in str(err)
     finally:

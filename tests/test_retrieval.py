@@ -32,8 +32,8 @@ from recbole_cmi.retrieval import (
     retrieve,
 )
 from recbole_cmi.tools.recommend import recommend
-from recbole_cmi.trainer import compact_scores
-from recbole_cmi.utils import get_model, get_trainer
+from recbole_cmi.trainer import compact_scores, get_trainer
+from recbole_cmi.utils import get_model, train_batch_hooks
 
 pytest.importorskip("faiss")
 
@@ -144,7 +144,7 @@ def test_compact_scores_count_unretrieved_positives_and_never_rank_them():
 @pytest.mark.parametrize("model_name", SUPPORTED_MODELS)
 def test_interest_vectors_and_item_table_are_each_models_full_sort_predict(model_name, tiny_data_root, tmp_path):
     config = Config(model_name, "tiny", config_dict=tiny_settings(tiny_data_root, tmp_path), read_argv=False)
-    _, _, test_data = data_preparation(config, create_dataset(config))
+    _, _, test_data = data_preparation(config, create_dataset(config), train_batch_hooks(config["model"]))
     model = get_model(model_name)(config, test_data._dataset).eval()
     interaction = next(iter(test_data))[0]
     with torch.no_grad():

@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 
 from recbole_cmi.benchmark import speed
-from recbole_cmi.benchmark.speed import (
-    REPORT_END_MARKER,
-    ModelResult,
-    PeakMemory,
-    Size,
-    SizeResult,
-    fast_generate,
-    parse_count,
-    parse_sizes,
-)
+from recbole_cmi.benchmark.measure import REPORT_END_MARKER, PeakMemory, fast_generate, parse_count
+from recbole_cmi.benchmark.speed import ModelResult, Size, SizeResult, parse_sizes
 from recbole_cmi.data.synthetic import SECONDS_PER_DAY, SyntheticConfig
 
 

@@ -675,7 +675,7 @@ def train_and_test(spec: dict) -> dict:
     from logging import getLogger
 
     from recbole_cmi.quick_start import prepare
-    from recbole_cmi.utils import get_trainer
+    from recbole_cmi.trainer import get_trainer
 
     start = time.perf_counter()
     config, dataset, (train_data, valid_data, test_data), model = prepare(

@@ -52,7 +52,7 @@ def measure(args) -> int:
     import torch
 
     from recbole_cmi.quick_start import prepare
-    from recbole_cmi.utils import get_trainer
+    from recbole_cmi.trainer import get_trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         data_root = subset(args.users, Path(tmp) / "data")

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from recbole_cmi.benchmark.speed import (
+from recbole_cmi.benchmark.measure import (
     REPORT_END_MARKER,
     BuiltOnce,
     PeakMemory,
@@ -99,11 +99,12 @@ def train_and_evaluate(name: str, dataset, args, data_path: str, gpu_id: str, am
     from recbole_cmi.compat import disable_anomaly_mode
     from recbole_cmi.config import Config
     from recbole_cmi.data.dataloader import data_preparation
-    from recbole_cmi.utils import get_model, get_trainer
+    from recbole_cmi.trainer import get_trainer
+    from recbole_cmi.utils import get_model, train_batch_hooks
 
     config = Config(name, DATASET, config_dict=settings(args, data_path, gpu_id, amp), read_argv=False)
     init_seed(config["seed"], config["reproducibility"])
-    train_data, _, test_data = data_preparation(config, dataset)
+    train_data, _, test_data = data_preparation(config, dataset, train_batch_hooks(name))
     init_seed(config["seed"], config["reproducibility"])
     device = config["device"]
     model = get_model(name)(config, train_data._dataset).to(device)
@@ -166,7 +167,7 @@ def agreement(a, b) -> dict:
 
 
 def ddp_two_gpus(name: str, args, data_path: str) -> dict:
-    from recbole_cmi.distributed import run_distributed
+    from recbole_cmi.quick_start import run_distributed
 
     # The one-GPU runs' Configs set CUDA_VISIBLE_DEVICES=0 in this process; the spawned ranks inherit it.
     saved = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -310,7 +311,7 @@ def format_report(outcome: dict, args, machine: dict, command: str, wall: float)
 
 
 def build_parser() -> OneLineArgumentParser:
-    parser = OneLineArgumentParser(prog="python -m recbole_cmi.benchmark gpu", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="python -m recbole_cmi benchmark gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated models")
     parser.add_argument("--interactions", type=int, default=None, help="default: MicroLens-sized on CUDA, small on CPU")
     parser.add_argument("--items", type=int, default=None)

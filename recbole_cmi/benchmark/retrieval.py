@@ -70,7 +70,7 @@ def add_arguments(parser) -> None:
 
 
 def check_arguments(parser, args) -> None:
-    from recbole_cmi.benchmark.speed import parse_count
+    from recbole_cmi.benchmark.measure import parse_count
 
     try:
         args.catalogue_sizes = [(text.strip().lower(), parse_count(text)) for text in args.catalogues.split(",")]
@@ -143,11 +143,12 @@ def _overlap(found, exact) -> float:
 def bench_model(model_name: str, dataset, args, folder: Path, label: str, n_items: int) -> list[RetrievalResult]:
     from recbole.utils import init_seed
 
-    from recbole_cmi.benchmark.speed import PeakMemory, _release_memory, _train_step, common_config
+    from recbole_cmi.benchmark.measure import PeakMemory, _release_memory, _train_step, common_config
     from recbole_cmi.config import Config
     from recbole_cmi.data.dataloader import data_preparation
     from recbole_cmi.retrieval import build_item_index
-    from recbole_cmi.utils import get_model, get_trainer
+    from recbole_cmi.trainer import get_trainer
+    from recbole_cmi.utils import get_model, train_batch_hooks
 
     overrides = {"sparse_item_updates": True} if model_name == "CMI" else {"loss_type": "BPR"}
     settings = {
@@ -161,7 +162,7 @@ def bench_model(model_name: str, dataset, args, folder: Path, label: str, n_item
     }
     config = Config(model_name, "bench", config_dict=settings, read_argv=False)
     init_seed(config["seed"], config["reproducibility"])
-    train_data, _, test_data = data_preparation(config, dataset)
+    train_data, _, test_data = data_preparation(config, dataset, train_batch_hooks(model_name))
     model = get_model(model_name)(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
     trainer.tot_item_num = test_data._dataset.item_num
@@ -208,7 +209,7 @@ def _load_columns() -> dict:
 
 
 def _say_result(r: RetrievalResult) -> None:
-    from recbole_cmi.benchmark.speed import _mb, _say
+    from recbole_cmi.benchmark.measure import _mb, _say
 
     metrics = ", ".join(f"{k} {r.metrics.get(k, math.nan):.4f}" for k in ACCURACY_METRICS)
     _say(
@@ -220,7 +221,7 @@ def _say_result(r: RetrievalResult) -> None:
 def run_catalogue(label: str, n_items: int, args, workdir: Path) -> list[RetrievalResult]:
     from recbole.utils import init_seed
 
-    from recbole_cmi.benchmark.speed import BuiltOnce, _release_memory, _say, common_config, fast_generate
+    from recbole_cmi.benchmark.measure import BuiltOnce, _release_memory, _say, common_config, fast_generate
     from recbole_cmi.config import Config
     from recbole_cmi.data.synthetic import SyntheticConfig, write_atomic
     from recbole_cmi.quick_start import create_dataset
@@ -247,7 +248,7 @@ def run_catalogue(label: str, n_items: int, args, workdir: Path) -> list[Retriev
 
 
 def format_report(results: list[RetrievalResult], args, machine: dict, command: str, started: str, wall: float):
-    from recbole_cmi.benchmark.speed import _mb
+    from recbole_cmi.benchmark.measure import _mb
 
     lines = [
         "# Retrieval benchmark: exact full sort against faiss",
@@ -313,7 +314,7 @@ def run(args, argv) -> int:
 
     import torch
 
-    from recbole_cmi.benchmark.speed import _say, machine_description, write_report
+    from recbole_cmi.benchmark.measure import _say, machine_description, write_report
     from recbole_cmi.retrieval import import_faiss
 
     faiss = import_faiss()

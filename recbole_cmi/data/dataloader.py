@@ -3,7 +3,9 @@
 A hook is a callable ``hook(interaction) -> interaction`` that adds keys to the training batch
 (contrastive views, negative ids). Hooks run after RecBole's collation and negative sampling,
 on the training loader only, never at evaluation. A model declares its hooks through a
-``train_batch_hooks(config, dataset)`` classmethod; models without one get none. A hook
+``train_batch_hooks(config, dataset)`` classmethod; models without one get none. The caller passes that
+builder to :func:`data_preparation` (``recbole_cmi.utils.train_batch_hooks`` finds it by model name), so the data
+layer never looks a model up. A hook
 that needs the live model (interest-aware negatives) defines ``bind_model(model)``. A hook
 that draws from its own ``torch.Generator`` (attribute ``generator``) has that generator's state
 saved in checkpoints with the loader's shuffling generator (``get_rng_state``/``set_rng_state``),
@@ -28,7 +30,6 @@ from recbole.utils import ModelType
 from recbole_cmi import options
 from recbole_cmi.data.protocol import multi_target_preparation, protocol_name
 from recbole_cmi.errors import ConfigValueError, DatasetError
-from recbole_cmi.utils import get_model
 
 TRAIN_SAMPLINGS = ("prefixes", "per_user")
 
@@ -106,8 +107,11 @@ def _rows_by_user(dataset):
     return order, torch.cumsum(counts, 0) - counts, counts
 
 
-def data_preparation(config, dataset):
+def data_preparation(config, dataset, build_hooks):
     """RecBole's ``data_preparation`` with the model's train-only hooks on the training loader.
+
+    ``build_hooks``: the model's ``train_batch_hooks(config, train_dataset)`` classmethod, or None for a model
+    without hooks (``recbole_cmi.utils.train_batch_hooks(model_name)`` gives either).
 
     With ``eval_protocol: multi_target`` the splits and the validation/test loaders are those of
     :mod:`recbole_cmi.data.protocol` (the training loader is RecBole's, on the training period).
@@ -136,8 +140,6 @@ def data_preparation(config, dataset):
             f"topk={config['topk']}: dataset '{config['dataset']}' has only {n_items} items after filtering; "
             f"use cut-offs <= {n_items}"
         )
-    model_class = get_model(config["model"])
-    build_hooks = getattr(model_class, "train_batch_hooks", None)
     hooks = build_hooks(config, train_data._dataset) if build_hooks else []
     train_data = HookedTrainDataLoader(
         config, train_data._dataset, train_data._sampler, shuffle=config["shuffle"], hooks=hooks

@@ -161,7 +161,7 @@ def evaluate_under_noise(checkpoint, fractions, seed: int, topk: int = 20, trust
     """``(config, {(mode, p): {"recall@k": .., "ndcg@k": ..}})`` for one checkpoint on its test split."""
     from recbole.utils import ModelType
 
-    from recbole_cmi.utils import get_trainer
+    from recbole_cmi.trainer import get_trainer
 
     config, model, dataset, _, _, test_data = load(checkpoint, trust)
     n_items = dataset.item_num - 1

@@ -424,7 +424,7 @@ def _first_line(err) -> str:
 def evaluate_best(model_file: str) -> tuple[dict, dict]:
     """The checkpoint's validation result (to check it against the trial) and its test result."""
     from recbole_cmi.quick_start import load_data_and_model
-    from recbole_cmi.utils import get_trainer
+    from recbole_cmi.trainer import get_trainer
 
     # RecBole's Trainer writes log_tensorboard/ into the cwd: keep it out of the results.
     with tempfile.TemporaryDirectory() as scratch, _working_directory(scratch):

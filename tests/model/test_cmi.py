@@ -406,7 +406,7 @@ def test_sparse_item_updates_give_the_dense_loss_and_gradient_rows(tiny_data_roo
 
 def test_sparse_item_updates_train_with_lazy_adam_and_leave_unread_rows(tiny_config):
     from recbole_cmi.optim import LazyAdam
-    from recbole_cmi.utils import get_trainer
+    from recbole_cmi.trainer import get_trainer
 
     config, _, (train, _, _), model = prepare(
         "CMI", "tiny", config_dict=tiny_config(num_interest=2, embedding_size=8, sparse_item_updates=True)
