@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml scripts/install.sh
 env: $(VENV)/.installed
 
 run: env
-	$(PY) run_recbole_cmi.py --model=$(MODEL) --dataset=$(DATASET)
+	$(PY) -m recbole_cmi run --model=$(MODEL) --dataset=$(DATASET)
 
 test: env
 	$(VENV)/bin/ruff check .

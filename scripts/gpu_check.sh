@@ -16,7 +16,7 @@ PY="$VENV/bin/python"
 LIMIT=${GPU_CHECK_LIMIT_S:-460}  # the whole check, 20 s short of 8 minutes; a run past it is stopped
 "$PY" -c "import torch; print('torch', torch.__version__, '| CUDA available:', torch.cuda.is_available(), '| GPUs:', torch.cuda.device_count())"
 status=0
-timeout --kill-after=15 "$LIMIT" "$PY" -m recbole_cmi.benchmark gpu "$@" || status=$?
+timeout --kill-after=15 "$LIMIT" "$PY" -m recbole_cmi benchmark gpu "$@" || status=$?
 if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
     echo "error: the GPU check ran past ${LIMIT} s and was stopped (rerun with fewer --models)" >&2
 fi
