@@ -324,7 +324,7 @@ def test_command_line_errors_are_one_line(capsys):
         benchmark_main(["accuracy", "--dataset=tiny", "--models=SASRec", "oops"])
     assert stopped.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: unrecognised argument oops: config keys are given as --key=value (see --help)"
+        "error: unrecognised arguments oops: config keys are given as --key=value (see --help)"
     ]
     assert benchmark_main(["accuracy", "--dataset=tiny", "--models=SASRec,NoSuchModel"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[0].startswith("error: unknown model 'NoSuchModel'")
