@@ -17,7 +17,7 @@ execution on load. Our checkpoints now hold only what ``torch.load(weights_only=
 :func:`load_checkpoint` always tries the safe loader. A file it refuses holds pickled objects: an
 old checkpoint, or a crafted one. It is refused with one line unless the caller passes
 ``trust=True`` (the commands' ``--trust_checkpoint``), which loads it with the full unpickler — for
-files you trust only. ``python -m recbole_cmi.checkpoint upgrade OLD.pth --trust_checkpoint``
+files you trust only. ``python -m recbole_cmi checkpoint upgrade OLD.pth --trust_checkpoint``
 rewrites a trusted old file in the safe format once, so it never needs trust again.
 """
 
@@ -43,7 +43,7 @@ _DEVICE_TAG = "__torch_device__"
 
 TRUST_HINT = (
     "if you trust the file, pass --trust_checkpoint (trust=True from Python) to load it anyway, or convert it "
-    "once with: python -m recbole_cmi.checkpoint upgrade {path} --trust_checkpoint"
+    "once with: python -m recbole_cmi checkpoint upgrade {path} --trust_checkpoint"
 )
 
 
