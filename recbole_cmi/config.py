@@ -256,6 +256,9 @@ class Config(recbole.config.Config):
 
     def _set_default_parameters(self):
         self.final_config_dict["data_path"] = self._resolve_data_root()
+        if "show_progress" not in self.external_config_dict:
+            # RecBole's default (bars on) where a person watches, off in logs, CI and Ray trials.
+            self.final_config_dict["show_progress"] = sys.stderr.isatty()
         self._default_negative_sampling()
         self._validate_values()
         super()._set_default_parameters()

@@ -310,3 +310,12 @@ def test_unknown_key_without_close_match_still_warns(make_config, capsys):
     make_config(zzz_qqq=1)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'zzz_qqq'" in err[0] and "did you mean" not in err[0]
+
+
+def test_progress_bars_follow_the_terminal_unless_given(monkeypatch, tiny_data_root):
+    base = {"gpu_id": "", "data_path": str(tiny_data_root)}
+    for tty in (True, False):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty)
+        assert Config("SASRec", "tiny", config_dict=base, read_argv=False)["show_progress"] is tty
+        given = Config("SASRec", "tiny", config_dict={**base, "show_progress": not tty}, read_argv=False)
+        assert given["show_progress"] is (not tty)
