@@ -23,7 +23,6 @@ rewrites a trusted old file in the safe format once, so it never needs trust aga
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import hashlib
 import os
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from recbole_cmi.errors import CheckpointError
+from recbole_cmi.files import atomic_open
 from recbole_cmi.paths import describe_unreadable
 
 FORMAT = "recbole_cmi/1"
@@ -222,19 +222,9 @@ def checkpoint_payload(state: dict) -> dict:
 
 def atomic_torch_save(state, target) -> None:
     """Write ``state`` to ``target`` so that ``target`` is either the old file or the complete new one."""
-    target = str(target)
-    tmp = f"{target}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            # torch's default protocol: the weights-only loader does not read protocol 4 (RecBole's).
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    with atomic_open(target, "wb") as f:
+        # torch's default protocol: the weights-only loader does not read protocol 4 (RecBole's).
+        torch.save(state, f)
 
 
 def upgrade(source, target=None) -> str:

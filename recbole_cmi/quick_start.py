@@ -23,6 +23,7 @@ from recbole_cmi.checkpoint import check_id_mapping, load_checkpoint
 from recbole_cmi.compat import disable_anomaly_mode
 from recbole_cmi.config import Config
 from recbole_cmi.errors import CheckpointError, ConfigValueError, DatasetError, RecboleCmiError
+from recbole_cmi.files import atomic_open
 from recbole_cmi.paths import describe_unreadable
 
 
@@ -362,9 +363,8 @@ def _process_failure(err, group_offset: int) -> str:
 
 
 def _write_atomically(path: str, value) -> None:
-    with open(f"{path}.tmp", "wb") as f:
+    with atomic_open(path, "wb") as f:
         pickle.dump(value, f)
-    os.replace(f"{path}.tmp", path)
 
 
 def _user_error(tmp: str):

@@ -22,6 +22,7 @@ LAYERS = {
     "recbole_cmi": 0,  # the package itself: applies compat on import
     "recbole_cmi.errors": 0,
     "recbole_cmi.paths": 0,
+    "recbole_cmi.files": 0,
     "recbole_cmi.compat": 0,
     "recbole_cmi.options": 0,
     "recbole_cmi.cli": 0,

@@ -19,14 +19,14 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from recbole_cmi.tune.report import plain, write_atomic
+from recbole_cmi.files import atomic_open, write_text
+from recbole_cmi.tune.report import plain
 
 # Config values each run records as its config resolved them (model and dataset yaml included).
 RESOLVED_CONFIG_KEYS = (
@@ -132,7 +132,7 @@ def _csv_cell(value):
 
 
 def write_runs(path: Path, rows: list[dict]) -> None:
-    write_atomic(path, runs_csv(rows))
+    write_text(path, runs_csv(rows))
 
 
 def read_runs(path: Path) -> list[dict]:
@@ -418,16 +418,14 @@ def draw_png(path: Path, size: tuple[float, float], draw) -> str | None:
         from matplotlib.figure import Figure
     except ImportError:
         return "no chart: matplotlib is not installed (pip install matplotlib to get one)"
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")  # same folder, so os.replace is atomic
     try:
         # Figure + the Agg canvas, not pyplot: no global backend or figure state in the caller's process.
         fig = Figure(figsize=size, layout="tight")
         FigureCanvasAgg(fig)
         draw(fig.add_subplot())
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
     except Exception as err:  # a chart is a convenience: the csv and the table are the record
-        tmp.unlink(missing_ok=True)
         return f"no chart: {type(err).__name__}: {err}"
     return None
 
@@ -692,7 +690,7 @@ def write_report(
             meta["curves_name"] = Path(curves_path).name
     elif curves_path is not None:
         curves_why = ""
-    write_atomic(md_path, markdown(rows, meta))
+    write_text(md_path, markdown(rows, meta))
     return why, curves_why
 
 

@@ -44,7 +44,8 @@ import yaml
 from recbole_cmi.benchmark import accuracy
 from recbole_cmi.cli import OneLineArgumentParser, config_file_names, parse_with_config_values, run_cli
 from recbole_cmi.errors import ConfigValueError, RecboleCmiError
-from recbole_cmi.tune.report import plain, write_atomic, write_json
+from recbole_cmi.files import write_text
+from recbole_cmi.tune.report import plain, write_json
 
 DEFAULT_HYPER_DIR = "properties/hyper/benchmark"  # relative to the package's properties folder's parent
 SPEC_FILE = "tune.json"
@@ -190,7 +191,7 @@ def run_tuning(settings: TuneSettings) -> list[ModelTuning]:
         print(f"[{index}/{len(models)}] {model}: {spaces[model][1]} points, {settings.trials} trials ...", flush=True)
         result = tune_model(settings, model, spaces[model], shared, search_dir / model)
         results.append(result)
-        write_atomic(summary_path, summary_markdown(settings, spec, results, models))
+        write_text(summary_path, summary_markdown(settings, spec, results, models))
         if result.error.startswith("interrupted"):
             break  # the rest waits for --resume too
     return results
@@ -348,7 +349,7 @@ def tune_model(settings: TuneSettings, model: str, space: tuple, shared: dict, o
     folder = accuracy.tuned_dir(settings.tuned_dir or accuracy.DEFAULT_TUNED)  # where accuracy --tuned looks
     result.tuned_file = folder / settings.dataset / f"{model}.yaml"
     result.tuned_file.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(result.tuned_file, tuned_yaml(settings, result, output))
+    write_text(result.tuned_file, tuned_yaml(settings, result, output))
     return result
 
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from recbole_cmi.files import write_text
 
 
 @dataclass
@@ -45,15 +46,8 @@ def plain(value):
     return value
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, data) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def best_config(plan: dict, best: TrialRow) -> dict:
@@ -64,13 +58,13 @@ def write_outputs(output: Path, plan: dict, params, rows: list[TrialRow], best, 
     """Write every output file; returns their paths by kind."""
     output = Path(output)
     files = {"trials_csv": output / "trials.csv", "trials_md": output / "trials.md"}
-    write_atomic(files["trials_csv"], trials_csv(plan, params, rows))
+    write_text(files["trials_csv"], trials_csv(plan, params, rows))
     if best is not None:
         files["best_config"] = output / "best_config.yaml"
         files["best_test_result"] = output / "best_test_result.json"
-        write_atomic(files["best_config"], best_config_yaml(plan, best, files["best_config"]))
+        write_text(files["best_config"], best_config_yaml(plan, best, files["best_config"]))
         write_json(files["best_test_result"], best_summary(plan, best, valid_result, test_result))
-    write_atomic(files["trials_md"], trials_markdown(plan, rows, best, test_result, files))
+    write_text(files["trials_md"], trials_markdown(plan, rows, best, test_result, files))
     return files
 
 

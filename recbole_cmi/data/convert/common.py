@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from recbole_cmi.errors import ConfigValueError, DatasetError
+from recbole_cmi.files import write_text
 from recbole_cmi.paths import plain_name_problem
 
 UNKNOWN_CATEGORY = "other"
@@ -380,12 +380,8 @@ def _record(output: Path, names: set[str]) -> None:
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    # Write next to the target, then rename: an interrupted run never leaves half a file behind.
-    partial = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(partial, "w", encoding="utf-8", newline="\n") as f:
-        f.write("\n".join(lines))
-        f.write("\n")
-    os.replace(partial, path)
+    # An interrupted run never leaves half a file behind.
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def finish(
