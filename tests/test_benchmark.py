@@ -458,3 +458,44 @@ def test_a_higher_epoch_cap_keeps_the_runs_early_stopping_ended_and_reruns_the_c
     other = dataclasses.replace(high, overrides={**high.overrides, "train_batch_size": 32})  # and so is any other key
     with pytest.raises(ConfigValueError, match="another shared config"):
         _previous_rows(csv_path, other, shared_config(other), {})
+
+
+def test_a_variant_is_a_row_of_its_own_with_its_settings_and_its_best_checkpoint_kept(tiny_data_root, tmp_path):
+    given = settings(
+        tiny_data_root,
+        tmp_path,
+        models=["GRU4Rec,GRU4Rec:dropout_prob=0.5,num_layers=2,label=GRU4Rec_deep"],
+        seeds=1,
+        keep_checkpoints=True,
+        conventions="config",
+    )
+    outcome = run_benchmark(given)
+    rows = {row["model"]: row for row in report.read_runs(outcome.csv_path)}
+    assert set(rows) == {"GRU4Rec", "GRU4Rec_deep"} and all(r["status"] == "ok" for r in rows.values())
+    assert (
+        rows["GRU4Rec"]["variant"] == "" and rows["GRU4Rec_deep"]["variant"] == "GRU4Rec:dropout_prob=0.5,num_layers=2"
+    )
+    assert "| GRU4Rec_deep (`GRU4Rec:dropout_prob=0.5,num_layers=2`) |" in outcome.md_path.read_text()
+    spec = json.loads((Path(given.work_dir) / "GRU4Rec_deep-seed2022" / "spec.json").read_text())
+    assert spec["model"] == "GRU4Rec" and spec["config_dict"]["num_layers"] == 2
+    assert spec["config_dict"]["dropout_prob"] == 0.5
+    for label in rows:  # the best checkpoint stays (the -last one, resuming state, goes), and it is of its settings
+        (kept,) = (Path(given.work_dir) / f"{label}-seed2022" / "saved").glob("*.pth")
+        assert not kept.name.endswith("-last.pth")
+    from recbole_cmi.checkpoint import load_checkpoint
+
+    (kept,) = (Path(given.work_dir) / "GRU4Rec_deep-seed2022" / "saved").glob("*.pth")
+    assert load_checkpoint(str(kept))["config"]["num_layers"] == 2
+
+
+def test_variant_labels_are_checked_before_any_run(tiny_data_root, tmp_path):
+    from recbole_cmi.benchmark.accuracy import model_variants
+
+    (plain, unlabelled) = model_variants(["SASRec,SASRec:n_layers=1"])
+    assert (plain.label, plain.model, plain.overrides, plain.text) == ("SASRec", "SASRec", {}, "")
+    assert (unlabelled.label, unlabelled.overrides) == ("SASRec:n_layers=1", {"n_layers": 1})
+    with pytest.raises(ConfigValueError, match="SASRec more than once"):
+        run_benchmark(settings(tiny_data_root, tmp_path, models=["SASRec,SASRec:n_layers=1,label=SASRec"]))
+    with pytest.raises(ConfigValueError, match="sets seed"):
+        model_variants(["SASRec:seed=3"])
+    assert not (tmp_path / "work").exists()

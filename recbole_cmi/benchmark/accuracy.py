@@ -30,11 +30,15 @@
   with the other convention (``alt_test_*``): history items excluded (the CMI authors' retrieval) or ranked
   (RecBole's default). Validation, early stopping and the checkpoint follow the configured one only, so the second
   number costs one test evaluation, not a training. ``--conventions=config`` skips it.
+* **Variants** (``--models=CMI,CMI:cl_weight=0,label=CMI_noCL``): a model with its own config keys over the
+  shared config is a row of its own, named by its label (its text without one); under ``--tuned`` it reads
+  ``<DIR>/<dataset>/<label>.yaml``, so an ablation gets its own equal search.
 * **Seeds** 2022, 2023, ...: ``--seeds=N`` runs N of them; all models run with one seed before the
   next seed starts, so a stopped benchmark has comparable numbers early.
 * **Isolation.** A run is ``python -m recbole_cmi.benchmark accuracy --run_spec=<json>`` in its own
   folder under ``--work_dir`` (default: a new temporary folder), which holds its RecBole log and
-  ``run.log`` (stdout and stderr); its checkpoints are deleted when it ends. A run that fails (an
+  ``run.log`` (stdout and stderr); its checkpoints are deleted when it ends (``--keep_checkpoints`` keeps the best
+  one of each finished run, ``saved/<Model>-<time>.pth``, for ``python -m recbole_cmi robustness --checkpoints``). A run that fails (an
   error, a crash, ``--run_timeout`` seconds exceeded) is recorded with a one-line error and the
   benchmark goes on.
 * **Output.** After every run ``<out>/<dataset>/<protocol>.csv`` (one row per run), ``.md`` (per
@@ -130,6 +134,17 @@ class BenchmarkSettings:
     command: str = ""
     tuned: str | None = None  # the folder of <dataset>/<Model>.yaml tuned files every model runs with
     conventions: str = "both"  # "both": the test set also under the other ranking convention; "config": as set
+    keep_checkpoints: bool = False  # keep each run's best checkpoint (<work_dir>/<label>-seed<seed>/saved/)
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """One ``--models`` entry: the model class, its settings over the shared config, and the label its rows carry."""
+
+    label: str  # the csv's ``model`` column, the run folder, the tuned file's name under --tuned
+    model: str  # the model class's name
+    overrides: dict = field(default_factory=dict)  # the variant's own config keys (``Model:key=value``)
+    text: str = ""  # the entry as written, for the table; "" for a plain model
 
 
 @dataclass
@@ -152,7 +167,12 @@ def build_parser() -> OneLineArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--dataset", "-d", help="dataset name (bundled, ./dataset/<name>, or under --data_path)")
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names")
+    parser.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="comma-separated model names or variants Model:key=value,key=value,label=Name (e.g. "
+        "CMI,CMI:cl_weight=0,label=CMI_noCL); a variant's rows, folder and --tuned file carry its label",
+    )
     parser.add_argument("--seeds", type=int, default=3, help=f"number of seeds: {FIRST_SEED}, {FIRST_SEED + 1}, ...")
     parser.add_argument("--protocol", default="loo", help="loo (RecBole leave-one-out) or multi_target (the paper's)")
     parser.add_argument("--config_files", nargs="*", default=None, help="yaml files shared by every run")
@@ -180,6 +200,11 @@ def build_parser() -> OneLineArgumentParser:
         help="both (default): also evaluate each run's best checkpoint on the test set with history items ranked "
         "if they were excluded, or excluded if they were ranked; config: only as configured",
     )
+    parser.add_argument(
+        "--keep_checkpoints",
+        action="store_true",
+        help="keep each run's best checkpoint in <work_dir>/<model>-seed<seed>/saved/ (for the robustness study)",
+    )
     parser.add_argument("--run_spec", default=None, help=argparse.SUPPRESS)  # one run, in the subprocess
     return parser
 
@@ -194,7 +219,7 @@ def main(argv=None) -> int:
         parser.error("--dataset is required")
     settings = BenchmarkSettings(
         dataset=args.dataset,
-        models=[m.strip() for m in args.models.split(",") if m.strip()],
+        models=[args.models],
         seeds=args.seeds,
         protocol=args.protocol,
         config_files=config_file_names(args.config_files),
@@ -207,6 +232,7 @@ def main(argv=None) -> int:
         command=shlex.join(["python", "-m", "recbole_cmi.benchmark", "accuracy", *argv]),
         tuned=args.tuned,
         conventions=args.conventions,
+        keep_checkpoints=args.keep_checkpoints,
     )
 
     def action():
@@ -225,10 +251,11 @@ def main(argv=None) -> int:
 
 def run_benchmark(settings: BenchmarkSettings) -> BenchmarkOutcome:
     """Run every model x seed not finished yet, rewriting the csv and the table after each run."""
-    models = _check_settings(settings)
+    variants = {variant.label: variant for variant in _check_settings(settings)}
+    models = list(variants)
     shared = shared_config(settings)
     sha = config_sha(settings, shared)
-    tuned = {model: tuned_source(settings, model, shared) for model in models}
+    tuned = {label: tuned_source(settings, label, shared, variant.model) for label, variant in variants.items()}
     if settings.tuned:  # the shared config dict outranks config files: it would silently undo a tuned value
         clashes = [f"{key} ({model})" for model, source in tuned.items() for key in source[1] if key in shared]
         if clashes:
@@ -273,7 +300,7 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkOutcome:
     charted = False
     for index, (seed, model) in enumerate(plan, 1):
         print(f"[{index}/{len(plan)}] {model} seed {seed} ...", flush=True)
-        row = run_one(settings, model, seed, shared, sha, work_dir, tuned[model])
+        row = run_one(settings, variants[model], seed, shared, sha, work_dir, tuned[model])
         rows = [r for r in rows if not (r["model"] == model and str(r["seed"]) == str(seed))] + [row]
         charted = publish(rows)
         print(f"[{index}/{len(plan)}] {model} seed {seed}: {_progress_line(row)}", flush=True)
@@ -284,7 +311,7 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkOutcome:
     return BenchmarkOutcome(rows, csv_path, md_path, png, work_dir, drawn)
 
 
-def _check_settings(settings: BenchmarkSettings) -> list[str]:
+def _check_settings(settings: BenchmarkSettings) -> list[RunModel]:
     if settings.protocol not in PROTOCOLS:
         raise ConfigValueError(f"--protocol={settings.protocol!r} (one of {', '.join(PROTOCOLS)})")
     if not isinstance(settings.seeds, int) or settings.seeds < 1:
@@ -300,7 +327,8 @@ def _check_settings(settings: BenchmarkSettings) -> list[str]:
             option = {"seed": "--seeds", "checkpoint_dir": "--work_dir", "eval_protocol": "--protocol"}[key]
             raise ConfigValueError(f"--{key} is set by the benchmark; use {option}")
     check_config_files(settings.config_files)
-    models = model_names(settings.models)
+    variants = model_variants(settings.models)
+    models = [variant.label for variant in variants]
     if settings.tuned:
         folder = tuned_dir(settings.tuned) / settings.dataset
         missing = [model for model in models if not (folder / f"{model}.yaml").is_file()]
@@ -309,7 +337,7 @@ def _check_settings(settings: BenchmarkSettings) -> list[str]:
                 f"--tuned: no tuned file for {', '.join(missing)} in {folder} (write them with python -m "
                 f"recbole_cmi.benchmark tune --dataset={settings.dataset} --models={','.join(missing)} ...)"
             )
-    return models
+    return variants
 
 
 def model_names(names: list[str]) -> list[str]:
@@ -323,6 +351,35 @@ def model_names(names: list[str]) -> list[str]:
     if duplicates:
         raise ConfigValueError(f"--models names {', '.join(duplicates)} more than once")
     return models
+
+
+def model_variants(entries: list[str]) -> list[RunModel]:
+    """``--models`` entries (plain names or ``Model:key=value,label=Name`` variants, :func:`parse_model_variants`)
+    -> one :class:`RunModel` each; an unknown model or a label used twice fails here, before any run.
+
+    A variant without ``label=`` is labelled by its text (``CMI:cl_weight=0``); the keys the benchmark sets itself
+    are refused as in ``--key=value``.
+    """
+    from recbole_cmi.cli import parse_model_variants
+    from recbole_cmi.utils import get_model
+
+    variants = []
+    for entry in entries:
+        for variant in parse_model_variants(entry):
+            model = get_model(variant.name).__name__
+            for key in ("seed", "checkpoint_dir", "eval_protocol"):
+                if key in variant.overrides:
+                    raise ConfigValueError(f"--models: {variant.text} sets {key}, which the benchmark sets")
+            label = variant.label or (variant.text if variant.overrides else model)
+            text = variant.text if variant.overrides else ""
+            variants.append(RunModel(label, model, dict(variant.overrides), text))
+    if not variants:
+        raise ConfigValueError("--models is empty (comma-separated model names, e.g. CMI,SASRec)")
+    labels = [variant.label for variant in variants]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise ConfigValueError(f"--models names {', '.join(duplicates)} more than once (give variants a label=)")
+    return variants
 
 
 def shared_config(settings: BenchmarkSettings) -> dict:
@@ -413,20 +470,24 @@ def tuned_dir(value: str) -> Path:
     return Path(value).resolve()
 
 
-def tuned_source(settings: BenchmarkSettings, model: str, shared: dict) -> tuple[Path, dict, str] | None:
-    """The tuned file a run of ``model`` reads, its values and the sha of its text; None where there is none.
+def tuned_source(
+    settings: BenchmarkSettings, label: str, shared: dict, model: str | None = None
+) -> tuple[Path, dict, str] | None:
+    """The tuned file a run of ``label`` (of the class ``model``, default: ``label``) reads, its values and the sha
+    of its text; None where there is none.
 
-    With ``--tuned`` it is ``<DIR>/<dataset>/<Model>.yaml``; without, the package's tuned layer, where it exists
-    and ``use_tuned_values`` is not False. The file must hold a yaml mapping (key: value lines).
+    With ``--tuned`` it is ``<DIR>/<dataset>/<label>.yaml`` (a variant has its own); without, the package's tuned
+    layer of the model class, where it exists and ``use_tuned_values`` is not False. The file must hold a yaml
+    mapping (key: value lines).
     """
     if settings.tuned:
-        path = tuned_dir(settings.tuned) / settings.dataset / f"{model}.yaml"
+        path = tuned_dir(settings.tuned) / settings.dataset / f"{label}.yaml"
     else:
         from recbole_cmi.config import tuned_layer_path
 
         if shared.get("use_tuned_values", True) is False:
             return None
-        path = tuned_layer_path(model, settings.dataset)
+        path = tuned_layer_path(model or label, settings.dataset)
         if not path.is_file():
             return None
     text = path.read_text(encoding="utf-8")
@@ -441,16 +502,20 @@ def tuned_source(settings: BenchmarkSettings, model: str, shared: dict) -> tuple
 
 
 def run_one(
-    settings: BenchmarkSettings, model: str, seed: int, shared: dict, sha: str, work_dir: Path, tuned=None
+    settings: BenchmarkSettings, model: RunModel | str, seed: int, shared: dict, sha: str, work_dir: Path, tuned=None
 ) -> dict:
     """One run in a subprocess; always returns a csv row (status ``ok`` or ``failed``).
 
-    ``tuned``: ``tuned_source``'s answer for this model; under ``--tuned`` its file is the run's first config file.
+    ``model``: a :class:`RunModel` (or a model name); ``tuned``: ``tuned_source``'s answer for it; under ``--tuned``
+    its file is the run's first config file.
     """
+    model = model if isinstance(model, RunModel) else RunModel(model, model)
     spec = prepare_run(settings, model, seed, shared, work_dir, tuned)
     run_dir = Path(spec["result"]).parent
     spec_path = run_dir / "spec.json"
-    row = {"dataset": settings.dataset, "protocol": settings.protocol, "model": model, "seed": seed}
+    row = {"dataset": settings.dataset, "protocol": settings.protocol, "model": model.label, "seed": seed}
+    if model.text:
+        row["variant"] = model.text
     row["config_sha"] = sha
     if tuned:
         row["tuned_file"] = _display_path(tuned[0])
@@ -479,12 +544,23 @@ def run_one(
     else:
         row.update(status="failed", error=f"exit status {returncode}: {_last_line(log_path)}")
     row.setdefault("total_s", round(elapsed, 1))
-    shutil.rmtree(run_dir / "saved", ignore_errors=True)
+    _drop_checkpoints(run_dir / "saved", keep_best=settings.keep_checkpoints and row.get("status") == "ok")
     (run_dir / PROGRESS_FILE).unlink(missing_ok=True)  # ended (finished or failed): nothing to continue
     return row
 
 
-def prepare_run(settings: BenchmarkSettings, model: str, seed: int, shared: dict, work_dir: Path, tuned=None) -> dict:
+def _drop_checkpoints(saved: Path, keep_best: bool) -> None:
+    """Delete a finished run's checkpoints; with ``keep_best``, all but the best one (the ``-last`` one goes)."""
+    if not keep_best:
+        shutil.rmtree(saved, ignore_errors=True)
+        return
+    for path in saved.glob("*-last.pth"):  # recbole_cmi.trainer.last_checkpoint_path's name: resuming state only
+        path.unlink(missing_ok=True)
+
+
+def prepare_run(
+    settings: BenchmarkSettings, model: RunModel | str, seed: int, shared: dict, work_dir: Path, tuned=None
+) -> dict:
     """The run's folder and ``spec.json``; returns the spec.
 
     With ``--resume``, a folder left by an interrupted run of the same spec (its last checkpoint and
@@ -492,15 +568,17 @@ def prepare_run(settings: BenchmarkSettings, model: str, seed: int, shared: dict
     checkpoint (``recbole_cmi.trainer``: the same weights, optimizer and random states) instead of starting over.
     Otherwise the folder starts empty.
     """
-    run_dir = work_dir / f"{model}-seed{seed}"
+    model = model if isinstance(model, RunModel) else RunModel(model, model)
+    run_dir = work_dir / f"{_folder_name(model.label)}-seed{seed}"
     config_files = [os.path.abspath(p) for p in settings.config_files]
     if settings.tuned and tuned:
         config_files.insert(0, str(tuned[0]))  # the user's own config files still win
+    config_dict = {**shared, **model.overrides, "seed": seed, "checkpoint_dir": str(run_dir / "saved")}
     spec = {
-        "model": model,
+        "model": model.model,
         "dataset": settings.dataset,
         "config_files": config_files,
-        "config_dict": {**shared, "seed": seed, "checkpoint_dir": str(run_dir / "saved")},
+        "config_dict": config_dict,
         "result": str(run_dir / "result.json"),
         "conventions": settings.conventions,
         "progress": str(run_dir / PROGRESS_FILE),
@@ -512,9 +590,14 @@ def prepare_run(settings: BenchmarkSettings, model: str, seed: int, shared: dict
     else:
         spec["resume_from"] = str(last)
         Path(spec["result"]).unlink(missing_ok=True)  # a result must come from this attempt
-        print(f"  continuing {model} seed {seed} from {last}", flush=True)
+        print(f"  continuing {model.label} seed {seed} from {last}", flush=True)
     write_json(run_dir / "spec.json", spec)
     return spec
+
+
+def _folder_name(label: str) -> str:
+    """A run folder's name for ``label`` (a variant's text may hold ``:``, ``=``, ``/``)."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
 
 
 def _interrupted_checkpoint(run_dir: Path, spec: dict) -> Path | None:

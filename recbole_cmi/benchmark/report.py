@@ -43,6 +43,7 @@ RUN_COLUMNS = [
     "dataset",
     "protocol",
     "model",
+    "variant",
     "seed",
     "status",
     "error",
@@ -646,9 +647,11 @@ def tuned_section(rows: list[dict], models: list[str], tuned: str | None) -> lis
         for row in runs:
             key = (row.get("tuned_file") or "", row.get("tuned_values") or "")
             variants[key] = variants.get(key, 0) + 1
+        variant = next((row.get("variant") for row in runs if row.get("variant")), "")
+        name = f"{model} (`{variant}`)" if variant and variant != model else model  # a variant's own settings
         for (path, values), count in variants.items():
             shown = _tuned_values_text(values) if path else "– (published defaults)"
-            lines.append(f"| {model} | {_md_text(path) if path else '–'} | {_md_text(shown)} | {count} |")
+            lines.append(f"| {_md_text(name)} | {_md_text(path) if path else '–'} | {_md_text(shown)} | {count} |")
     return lines
 
 
