@@ -291,6 +291,14 @@ fraction p of every history dropped, or replaced by random items; writes ``<out>
 ``.png`` (Recall@K vs p). Models: a RecBole or recbole_cmi model, an alias (CMI_noCL = CMI with cl_weight 0,
 CMI_noOrth, CMI_noUni, CMI_noGeneral), or a variant ``Model:key=value,key=value,label=Name``. Further
 ``--key=value`` options are config keys for every model.
+
+Several seeds of a model: give their checkpoints under one label, ``--checkpoints=CMI=s1.pth,CMI=s2.pth,
+SASRec=t1.pth,SASRec=t2.pth``. Each run is a row group of the csv (column ``run``); the tables and the plot show
+the mean over the runs, ± the sample sd with two or more (column ``runs``). All runs see the same perturbed
+histories (``--seed``), and the runs under one label must hold the same model. A trained model is one run.
+
+``--lengths=6,19`` also reports Recall/NDCG on the clean test users by the length of their input history
+(buckets 1-6, 7-19, >=20; histories are cut to MAX_ITEM_LIST_LENGTH, so the last bucket is "at least").
 """
 
 
@@ -298,10 +306,17 @@ def robustness(argv=None) -> int:
     parser = OneLineArgumentParser(prog=f"{PROG} robustness", description=ROBUSTNESS_HELP, allow_abbrev=False)
     parser.add_argument("--dataset", "-d", default=None, help="dataset to train on (needed with --models)")
     parser.add_argument("--models", default=None, help="comma-separated: CMI,CMI_noCL,SASRec or Model:key=v,label=L")
-    parser.add_argument("--checkpoints", default=None, help="comma-separated [Label=]checkpoint files to evaluate")
+    parser.add_argument(
+        "--checkpoints",
+        default=None,
+        help="comma-separated [Label=]checkpoint files to evaluate; a label given again: runs (seeds) of one model",
+    )
     parser.add_argument("--p", default="0,0.1,0.2,0.3,0.5", help="fractions to perturb (default 0,0.1,0.2,0.3,0.5)")
     parser.add_argument("--seed", type=int, default=2022, help="seed of the perturbations (default 2022)")
     parser.add_argument("--topk", type=int, default=20, help="cut-off of Recall/NDCG (default 20)")
+    parser.add_argument(
+        "--lengths", default=None, help="edges of history-length buckets, e.g. 6,19: 1-6, 7-19, >=20 (default: off)"
+    )
     parser.add_argument("--out", default="reports/robustness", help="output folder (default reports/robustness)")
     parser.add_argument("--prefix", default="robustness", help="file names: <prefix>.md/.csv/.png")
     parser.add_argument("--config_files", nargs="*", default=None, help="yaml files for training, later ones win")
@@ -317,9 +332,10 @@ def robustness(argv=None) -> int:
 
 
 def _robustness(args, config_dict: dict) -> int:
-    from recbole_cmi.tools.robustness import parse_checkpoints, parse_fractions, parse_models, run_study
+    from recbole_cmi.tools.robustness import parse_checkpoints, parse_fractions, parse_lengths, parse_models, run_study
 
     fractions = parse_fractions(args.p)
+    lengths = parse_lengths(args.lengths)
     specs = (parse_models(args.models) if args.models else []) + (
         parse_checkpoints(args.checkpoints) if args.checkpoints else []
     )
@@ -334,6 +350,7 @@ def _robustness(args, config_dict: dict) -> int:
         config_dict=config_dict,
         topk=args.topk,
         trust_checkpoint=args.trust_checkpoint,
+        lengths=lengths,
     )
     print(f"wrote {os.path.join(args.out, args.prefix)}.md, .csv, .png")
     failed = [r for r in rows if r["error"]]

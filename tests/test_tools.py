@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import os
@@ -15,10 +16,21 @@ from recbole.data.interaction import Interaction
 
 from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.model.cmi import CMI
-from recbole_cmi.quick_start import evaluate_checkpoint, load_data_and_model, run_recbole_cmi
+from recbole_cmi.quick_start import evaluate_checkpoint, load_data_and_model, prepare, run_recbole_cmi
 from recbole_cmi.tools.common import ToolError
 from recbole_cmi.tools.inspect import pca_2d
-from recbole_cmi.tools.robustness import parse_models, perturb_histories
+from recbole_cmi.tools.robustness import (
+    assign_labels,
+    bucket_label,
+    count_rows,
+    length_buckets,
+    length_loader,
+    parse_checkpoints,
+    parse_lengths,
+    parse_models,
+    perturb_histories,
+)
+from recbole_cmi.trainer import get_trainer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -55,6 +67,25 @@ def robustness_run(tiny_data_root, workdir, cmi_checkpoint):
     finally:
         os.chdir(cwd)
     return status, stdout, stderr, out
+
+
+@pytest.fixture(scope="module")
+def seeds_run(tiny_data_root, workdir, cmi_checkpoint, robustness_run):
+    """Two CMI runs (seeds 2022 and 2023) under one label and the SASRec of ``robustness_run``; lengths 4,7,9."""
+    settings = dict(TINY_SETTINGS, data_path=str(tiny_data_root), checkpoint_dir=str(workdir / "saved_seed"))
+    settings.update(num_interest=2, embedding_size=8, epochs=1, seed=2023)
+    out = workdir / "seeds"
+    sasrec = _checkpoints(robustness_run)["SASRec"]
+    argv = [f"--checkpoints=CMI={cmi_checkpoint},CMI={{second}},SASRec={sasrec}", "--p", "0,0.5"]
+    argv += ["--lengths", "4,7,9", "--out", str(out)]
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        second = run_recbole_cmi("CMI", "tiny", config_dict=settings, saved=True)["saved_model_file"]
+        status, stdout, stderr = call(verb("robustness"), [a.replace("{second}", second) for a in argv])
+    finally:
+        os.chdir(cwd)
+    return status, stdout, stderr, out, second
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -287,3 +318,147 @@ def test_robustness_usage_errors_are_one_line():
     status, _, stderr = call(verb("robustness"), ["--checkpoints=x.pth", "--p", "0,2"])
     assert status == 2
     assert stderr.strip().splitlines() == ["error: --p: fractions must be in [0, 1], got '0,2'"]
+
+
+def test_robustness_aggregates_the_runs_under_one_label(seeds_run, cmi_checkpoint, robustness_run):
+    status, _, stderr, out, second = seeds_run
+    assert status == 0, stderr
+    rows = list(csv.DictReader(open(out / "robustness.csv", encoding="utf-8")))
+    sasrec = _checkpoints(robustness_run)["SASRec"]
+    assert {(r["model"], r["run"], r["checkpoint"]) for r in rows} == {
+        ("CMI", "1", cmi_checkpoint),
+        ("CMI", "2", second),
+        ("SASRec", "1", sasrec),
+    }
+    table = (out / "robustness.md").read_text(encoding="utf-8")
+    lines = table.splitlines()
+
+    def runs_of(model, perturbation, p="", bucket="", metric="recall@20"):
+        return [
+            float(r[metric])
+            for r in sorted(rows, key=lambda r: r["run"])
+            if r["model"] == model and r["perturbation"] == perturbation and r["p"] == p and r["bucket"] == bucket
+        ]
+
+    for metric, title in (("recall@20", "Recall@20"), ("ndcg@20", "NDCG@20")):
+        clean, dropped, replaced = (runs_of("CMI", mode, p, metric=metric) for mode, p in CLEAN_DROP_REPLACE)
+        assert len(clean) == len(dropped) == len(replaced) == 2
+        assert any(a != b for a, b in (clean, dropped, replaced))  # two different models: not all sds are 0
+        cells = []
+        for values in (clean, dropped, replaced):
+            mean, sd = np.mean(values), np.std(values, ddof=1)
+            kept = "" if values is clean else f" ({mean / np.mean(clean):.0%})"
+            cells.append(f"{mean:.4f} ± {sd:.4f}{kept}")
+        section = lines[lines.index(f"## {title}") :]
+        assert f"| CMI | 2 | {' | '.join(cells)} |" in section
+        sasrec_clean = runs_of("SASRec", "drop", "0.0", metric=metric)
+        assert any(line.startswith(f"| SASRec | 1 | {sasrec_clean[0]:.4f} | ") for line in section)
+    # the length buckets: csv rows with p empty, every test user in one bucket, an empty bucket has no metrics
+    length_rows = [r for r in rows if r["perturbation"] == "length"]
+    assert {r["p"] for r in length_rows} == {""}
+    assert [r["bucket"] for r in length_rows if r["model"] == "SASRec"] == ["1-4", "5-7", "8-9", ">=10"]
+    for model, run in (("CMI", "1"), ("CMI", "2"), ("SASRec", "1")):
+        users = {r["bucket"]: int(r["users"]) for r in length_rows if r["model"] == model and r["run"] == run}
+        assert users["1-4"] == 0 and sum(users.values()) == 60  # tiny: 60 users, histories of 5 or more
+    assert all(r["recall@20"] == "" for r in length_rows if r["bucket"] == "1-4")
+    section = lines[lines.index("## By history length") :]
+    assert "| CMI | 2 | 1–4 | 0 | – | – |" in section
+    users = int(next(r["users"] for r in length_rows if r["model"] == "CMI" and r["bucket"] == "5-7"))
+    recall = runs_of("CMI", "length", bucket="5-7")
+    ndcg = runs_of("CMI", "length", bucket="5-7", metric="ndcg@20")
+    expected = " | ".join(f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}" for v in (recall, ndcg))
+    assert f"| CMI | 2 | 5–7 | {users} | {expected} |" in section
+    assert "MAX_ITEM_LIST_LENGTH (10)" in table and "| SASRec | 1 | ≥ 10 | " in table
+    assert (out / "robustness.png").read_bytes().startswith(PNG)
+
+
+CLEAN_DROP_REPLACE = (("drop", "0.0"), ("drop", "0.5"), ("replace", "0.5"))
+
+
+def test_robustness_refuses_runs_of_different_models_under_one_label(cmi_checkpoint, robustness_run, tmp_path):
+    sasrec = _checkpoints(robustness_run)["SASRec"]
+    argv = [f"--checkpoints=CMI={cmi_checkpoint},CMI={sasrec}", "--out", str(tmp_path / "x")]
+    status, _, stderr = call(verb("robustness"), argv)
+    assert status == 2
+    assert stderr.strip().splitlines() == [
+        f"error: --checkpoints: the runs under label 'CMI' must hold one model, but {cmi_checkpoint} holds CMI "
+        f"and {sasrec} holds SASRec"
+    ]
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("text", ["", "6,6", "19,6", "0,5", "-3", "6,a", "6.5", "6,,19"])
+def test_robustness_lengths_errors_are_one_line(text):
+    status, _, stderr = call(verb("robustness"), ["--checkpoints=x.pth", f"--lengths={text}"])
+    assert status == 2
+    assert stderr.strip().splitlines() == [
+        "error: --lengths: expected comma-separated increasing positive integers such as 6,19 "
+        f"(buckets 1-6, 7-19, >=20), got {text!r}"
+    ]
+
+
+def test_length_buckets_and_their_labels():
+    assert parse_lengths(None) is None
+    assert parse_lengths("6, 19") == [6, 19]
+    assert length_buckets([6, 19]) == [(1, 6), (7, 19), (20, None)]
+    assert [bucket_label(*b) for b in length_buckets([1, 6, 19])] == ["1", "2-6", "7-19", ">=20"]
+    assert length_buckets([]) == [(1, None)]
+
+
+def _tiny_loo_lengths(data_root, max_len):
+    """Each tiny user's test input length by leave-one-out: all but their last item, cut to max_len."""
+    frame = pd.read_csv(data_root / "tiny" / "tiny.inter", sep="\t")
+    return (frame.groupby("user_id:token").size() - 1).clip(upper=max_len).to_numpy()
+
+
+@pytest.mark.parametrize("protocol", ["loo", "multi_target"])
+def test_length_buckets_split_the_test_users_and_recombine_to_the_clean_metrics(tiny_config, tiny_data_root, protocol):
+    settings = tiny_config(eval_protocol=protocol, metrics=["Recall", "NDCG"], valid_metric="Recall@10")
+    settings["metric_decimal_place"] = 12  # RecBole rounds metrics: the recombination is checked at 1e-9
+    config, _, (_, _, test), model = prepare("SASRec", "tiny", config_dict=settings)  # untrained: fine
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    clean = trainer.evaluate(test, load_best_model=False)
+    buckets = length_buckets([4, 7, 9, 10])  # 1-4, 5-7, 8-9, 10, >=11 (empty: histories are cut to 10 items)
+    lengths = (test.interaction if protocol == "multi_target" else test._dataset.inter_feat)["item_length"].numpy()
+    if protocol == "loo":  # counted from the file, independently of RecBole
+        assert sorted(lengths) == sorted(_tiny_loo_lengths(tiny_data_root, 10))
+    expected_users = [int(((lengths >= lo) & (lengths <= (hi or 10**9))).sum()) for lo, hi in buckets]
+    assert expected_users[-1] == 0 and sum(n > 0 for n in expected_users) >= 2 and sum(expected_users) == len(lengths)
+    if protocol == "loo":  # every tiny user has 6 or more items: a history of 5 or more
+        assert expected_users[0] == 0
+    weighted = dict.fromkeys(("recall@10", "ndcg@10"), 0.0)
+    for (lo, hi), users in zip(buckets, expected_users):
+        loader = length_loader(test, config, lo, hi)
+        assert count_rows(loader, config) == users
+        inside = np.flatnonzero((lengths >= lo) & (lengths <= (hi or 10**9)))
+        if protocol == "multi_target":  # the same users, with their own histories and targets
+            split, original = loader.split, test.split
+            assert len(split) == users and split.users.tolist() == original.users[inside].tolist()
+            for new, old in enumerate(inside):
+                assert split.history_of(new) == original.history_of(old)
+                assert split.targets_of(new) == original.targets_of(old)
+            assert torch.equal(loader.interaction["item_id_list"], test.interaction["item_id_list"][inside])
+        else:
+            rows, original = loader._dataset.inter_feat, test._dataset.inter_feat
+            for name in ("user_id", "item_id", "item_id_list", "item_length"):
+                assert torch.equal(rows[name], original[name][inside])
+        if users == 0:
+            continue
+        metrics = trainer.evaluate(loader, load_best_model=False)
+        for key in weighted:
+            weighted[key] += users * metrics[key] / len(lengths)
+    for key, value in weighted.items():
+        assert value == pytest.approx(clean[key], abs=1e-9)
+
+
+def test_checkpoints_under_one_label_share_it_and_other_repeated_names_get_a_prime():
+    def saved(model, **keys):
+        return collections.defaultdict(lambda: None, model=model, **keys)  # as a Config: None for an unset key
+
+    specs = parse_models("CMI,CMI") + parse_checkpoints("a.pth,CMI=b.pth,Seeds=c.pth,CMI=d.pth,e.pth,f.pth,g.pth")
+    configs = {"a.pth": saved("CMI"), "b.pth": saved("CMI"), "c.pth": saved("SASRec"), "d.pth": saved("CMI")}
+    configs.update({"e.pth": saved("CMI", cl_weight=0.0), "f.pth": saved("SASRec"), "g.pth": None})
+    labels, taken = assign_labels(specs, configs)
+    # trained: CMI, CMI'; a.pth (a CMI): CMI''; b.pth and d.pth, runs under the label CMI: CMI''' (the name is taken)
+    assert labels == ["CMI", "CMI'", "CMI''", "CMI'''", "Seeds", "CMI'''", "CMI_noCL", "SASRec", None]
+    assert taken == {"CMI", "CMI'", "CMI''", "CMI'''", "Seeds", "CMI_noCL", "SASRec"}
