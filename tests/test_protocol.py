@@ -1,5 +1,6 @@
-"""eval_protocol: multi_target (recbole_cmi.data.protocol): metrics on a hand-computed case, periods
-and splits checked by hand, and 1-epoch SASRec and CMI runs under the protocol."""
+"""eval_protocol: multi_target (recbole_cmi.data.protocol): metrics on a hand-computed case and against the former
+hand-written implementation on random rankings, RecBole's own loo evaluation matched when every user has one target,
+periods and splits checked by hand, and 1-epoch SASRec and CMI runs under the protocol."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from recbole_cmi.data.protocol import (
     TRAIN,
     VALID,
     MultiTargetEvalLoader,
+    TargetSplit,
     build_split,
     evaluate_multi_target,
-    multi_target_metrics,
     period_labels,
 )
 from recbole_cmi.errors import ConfigValueError, DatasetError
@@ -63,6 +64,42 @@ class FixedScores(torch.nn.Module):
         return torch.tensor([HAND_SCORES[int(u)] for u in interaction["user_id"]])
 
 
+class RowScores(torch.nn.Module):
+    """``full_sort_predict``: the rows of a fixed score matrix named by the batch's user ids."""
+
+    def __init__(self, scores: torch.Tensor):
+        super().__init__()
+        self.scores = scores
+
+    def full_sort_predict(self, interaction):
+        return self.scores[interaction["user_id"]]
+
+
+def _split(users, histories, targets) -> TargetSplit:
+    """A TargetSplit from per-user history and (deduplicated) target lists."""
+    history_items = np.array([i for h in histories for i in h], dtype=np.int64)
+    return TargetSplit(
+        users=np.asarray(users, dtype=np.int64),
+        history_ptr=np.r_[0, np.cumsum([len(h) for h in histories])].astype(np.int64),
+        history_rows=np.arange(len(history_items)),
+        history_items=history_items,
+        target_ptr=np.r_[0, np.cumsum([len(t) for t in targets])].astype(np.int64),
+        target_items=np.array([i for t in targets for i in t], dtype=np.int64),
+    )
+
+
+def _evaluate(model, split: TargetSplit, topk, batch_size=128, decimals=12):
+    config = {
+        "eval_batch_size": batch_size,
+        "metrics": HAND_METRICS,
+        "topk": topk,
+        "metric_decimal_place": decimals,
+        "device": torch.device("cpu"),
+    }
+    interaction = Interaction({"user_id": torch.as_tensor(split.users)})
+    return evaluate_multi_target(model, MultiTargetEvalLoader(config, None, split, interaction, "test"))
+
+
 def test_build_split_keeps_users_with_history_and_new_targets():
     split = build_split(HAND_USERS, HAND_ITEMS, HAND_LABELS, TEST)
     assert split.users.tolist() == [1, 2, 3]
@@ -72,13 +109,92 @@ def test_build_split_keeps_users_with_history_and_new_targets():
 
 def test_metrics_per_user_match_the_hand_computed_values():
     split = build_split(HAND_USERS, HAND_ITEMS, HAND_LABELS, TEST)
-    scores = torch.tensor([HAND_SCORES[u] for u in split.users.tolist()])
-    history = (torch.tensor([0, 0, 1, 2, 2, 2]), torch.tensor([1, 2, 5, 1, 2, 3]))
-    targets = (torch.tensor([0, 0, 1, 2, 2, 2]), torch.tensor([3, 4, 6, 4, 5, 6]))
-    values = multi_target_metrics(scores, history, targets, [1, 3], HAND_METRICS)
-    assert set(values) == set(EXPECTED)
-    for key, expected in EXPECTED.items():
-        assert values[key].tolist() == pytest.approx(expected, abs=1e-6), key
+    for index, user in enumerate(split.users.tolist()):  # one user at a time: the mean is that user's value
+        alone = _split([user], [split.history_of(index)], [split.targets_of(index)])
+        values = _evaluate(FixedScores(), alone, [1, 3])
+        assert set(values) == set(EXPECTED)
+        for key, expected in EXPECTED.items():
+            assert values[key] == pytest.approx(expected[index], abs=1e-9), (user, key)
+
+
+def test_a_user_without_targets_is_refused_in_one_line():
+    split = _split([1, 2], [[1], [2]], [[3], []])
+    with pytest.raises(DatasetError, match="a user of the test split has no target item"):
+        MultiTargetEvalLoader({}, None, split, Interaction({"user_id": torch.tensor([1, 2])}), "test")
+
+
+def _former_metrics(scores, history, targets, topk, max_k):
+    """The hand-written per-user metrics the protocol computed before it used RecBole's metric classes, on the
+    same float32 ranking, the arithmetic in float64 (RecBole's) instead of float32."""
+    batch, n_items = scores.shape
+    scores = scores.clone()
+    scores[:, 0] = -torch.inf
+    scores[history] = -torch.inf
+    max_k = min(max_k, n_items)
+    top = scores.topk(max_k, dim=1).indices
+    is_target = torch.zeros((batch, n_items), dtype=torch.bool)
+    is_target[targets] = True
+    hits = is_target.gather(1, top).double()
+    n_targets = is_target.sum(dim=1).clamp(min=1).double()
+    cumulative_hits = hits.cumsum(dim=1)
+    discount = 1.0 / torch.log2(torch.arange(2, max_k + 2, dtype=torch.float64))
+    dcg = (hits * discount).cumsum(dim=1)
+    ideal = discount.cumsum(dim=0)
+    first_hit = torch.where(hits.any(dim=1), hits.argmax(dim=1), torch.full_like(hits[:, 0], max_k, dtype=torch.long))
+    out = {}
+    for k in topk:
+        column = min(k, max_k) - 1
+        found = cumulative_hits[:, column]
+        best = n_targets.clamp(max=column + 1).long() - 1  # ideal DCG over min(|targets|, K) ranks
+        out[f"recall@{k}"] = found / n_targets
+        out[f"hit@{k}"] = (found > 0).double()
+        out[f"ndcg@{k}"] = dcg[:, column] / ideal[best]
+        out[f"mrr@{k}"] = torch.where(first_hit <= column, 1.0 / (first_hit + 1).double(), 0.0)
+        out[f"precision@{k}"] = found / k
+    return out
+
+
+def _random_case(rng):
+    """Scores [users, items] (ties in half the cases), and per user a history and new targets (as build_split
+    leaves them: deduplicated, none in the history), top-k cut-offs up to past the catalogue's end."""
+    n_users, n_items = int(rng.integers(1, 13)), int(rng.integers(3, 40))
+    if rng.random() < 0.5:
+        scores = torch.from_numpy(rng.integers(0, 4, (n_users, n_items)).astype(np.float32))
+    else:
+        scores = torch.from_numpy(rng.standard_normal((n_users, n_items)).astype(np.float32))
+    histories, targets = [], []
+    for _ in range(n_users):
+        items = rng.permutation(np.arange(1, n_items))
+        n_history = int(rng.integers(0, len(items)))  # leaves at least one item for the targets
+        n_targets = int(rng.integers(1, len(items) - n_history + 1))
+        histories.append(items[:n_history].tolist())
+        targets.append(items[n_history : n_history + n_targets].tolist())
+    topk = sorted(set(rng.integers(1, n_items + 4, size=int(rng.integers(1, 5))).tolist()))
+    return scores, histories, targets, topk
+
+
+def test_recboles_metrics_match_the_former_hand_written_ones_on_random_rankings():
+    rng = np.random.default_rng(21)
+    for _ in range(60):
+        scores, histories, targets, topk = _random_case(rng)
+        users = list(range(len(histories)))
+        pairs = [(u, i) for u in users for i in histories[u]]
+        history = (
+            torch.tensor([u for u, _ in pairs], dtype=torch.long),
+            torch.tensor([i for _, i in pairs], dtype=torch.long),
+        )
+        target_pairs = [(u, i) for u in users for i in targets[u]]
+        target = (torch.tensor([u for u, _ in target_pairs]), torch.tensor([i for _, i in target_pairs]))
+        former = _former_metrics(scores, history, target, topk, max(topk))
+        model = RowScores(scores)
+        for user in users:  # per user
+            values = _evaluate(model, _split([user], [histories[user]], [targets[user]]), topk)
+            assert list(values) == [f"{m}@{k}" for m in HAND_METRICS for k in topk]
+            for key, value in values.items():
+                assert value == pytest.approx(float(former[key][user]), abs=1e-7), (key, user)
+        means = _evaluate(model, _split(users, histories, targets), topk, batch_size=int(rng.integers(1, 5)))
+        for key, value in means.items():  # averaged over users and batches
+            assert value == pytest.approx(float(former[key].mean()), abs=1e-7), key
 
 
 def test_evaluation_averages_over_evaluated_users_across_batches():
@@ -100,6 +216,43 @@ def test_evaluation_averages_over_evaluated_users_across_batches():
     assert result["recall@1"] == pytest.approx(5 / 18, abs=1e-6)
     assert result["recall@3"] == pytest.approx(5 / 6, abs=1e-6)
     assert result["hit@1"] == pytest.approx(2 / 3, abs=1e-6)
+
+
+def test_one_target_per_user_gives_recboles_own_loo_numbers(tiny_config):
+    """A multi-target split with each user's loo test item as the only target and the items before it as the
+    history, scored from the same checkpoint: equal to RecBole's full-sort evaluation under ``eval_protocol: loo``,
+    history items excluded (``exclude_history_items``) or ranked."""
+    from recbole_cmi.benchmark.accuracy import ranking_convention
+    from recbole_cmi.trainer import get_trainer
+
+    metrics = ["Recall", "NDCG", "Hit", "MRR", "Precision"]
+    # MAX_ITEM_LIST_LENGTH above the longest sequence: the loo input list is the user's whole history.
+    config = tiny_config(metrics=metrics, valid_metric="NDCG@10", MAX_ITEM_LIST_LENGTH=20, topk=[1, 5, 10, 20])
+    config, _, (train, valid, test), model = prepare("SASRec", "tiny", None, config)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.fit(train, valid, saved=False, show_progress=False)
+
+    rows = test._dataset.inter_feat  # loo: one test row per user, its input list and its last item
+    lengths = rows["item_length"].tolist()
+    assert len(set(rows["user_id"].tolist())) == len(rows) and max(lengths) < 20
+    users = np.repeat(rows["user_id"].numpy(), np.add(lengths, 1))
+    items = np.concatenate(
+        [[*seq[:n].tolist(), target] for seq, n, target in zip(rows["item_id_list"], lengths, rows["item_id"].tolist())]
+    )
+    labels = np.concatenate([[TRAIN] * n + [TEST] for n in lengths])
+    split = build_split(users, items, labels, TEST)
+    assert len(split) == len(rows) and np.array_equal(split.target_ptr, np.arange(len(rows) + 1))
+    fields = ("user_id", "item_id_list", "item_length")
+    loader = MultiTargetEvalLoader(config, None, split, Interaction({f: rows[f] for f in fields}), "test")
+    results = {}
+    for exclude in (True, False):
+        with ranking_convention(trainer, test, exclude), ranking_convention(trainer, loader, exclude):
+            results[exclude] = recbole = trainer.evaluate(test, load_best_model=False)
+            multi_target = evaluate_multi_target(trainer.model, loader)
+        assert list(recbole) == [f"{m.lower()}@{k}" for m in metrics for k in (1, 5, 10, 20)]
+        assert multi_target == recbole, exclude
+        assert recbole["recall@20"] > 0 and recbole["recall@10"] == recbole["hit@10"]
+    assert results[True] != results[False]  # the history items did take top-K places when ranked
 
 
 # ---------------------------------------------------------------- periods

@@ -29,7 +29,8 @@ docs/cmi.md §4.3):
   user id). ``model.full_sort_predict`` scores every item; items in the user's (whole) history and the
   padding id get -inf, as in the paper's code. Targets are deduplicated, and a target item that is
   already in the history is dropped (it can never be ranked). Only users with at least one target and
-  a non-empty history count; each metric is averaged over them:
+  a non-empty history count; each metric is averaged over them, by RecBole's own collector and metric
+  classes (``recbole.evaluator``: the top-K hit matrix and the number of targets per user, ``rec.topk``):
 
   - Recall@K = |top-K ∩ targets| / |targets|. The paper's code divides by the length of the target
     day's list with repeats; on logs without repeated items (micro-video logs) the two agree;
@@ -53,6 +54,7 @@ import numpy as np
 import pandas as pd
 import torch
 from recbole.data.interaction import Interaction
+from recbole.evaluator import Collector, Evaluator
 from recbole.utils import ModelType
 
 from recbole_cmi.errors import ConfigValueError, DatasetError
@@ -273,6 +275,8 @@ class MultiTargetEvalLoader:
         self.config = config
         self.exclude_history = True
         self._dataset = dataset  # a copy of the training dataset holding the evaluation rows (or None)
+        if len(split) and int(np.diff(split.target_ptr).min()) < 1:
+            raise DatasetError(f"eval_protocol=multi_target: a user of the {phase} split has no target item")
         self.split = split
         self.interaction = interaction
         self.phase = phase
@@ -414,68 +418,56 @@ def _empty_message(config, phase: str, labels: np.ndarray, settings: dict) -> st
     )
 
 
-# ---------------------------------------------------------------- metrics
+# ---------------------------------------------------------------- metrics (RecBole's)
 
 
-def multi_target_metrics(scores: torch.Tensor, history, targets, topk, metrics) -> dict[str, torch.Tensor]:
-    """Per-user metric values ``{"recall@10": [B], ...}`` for a batch.
-
-    ``scores`` [B, n_items] (column 0 is the padding id); ``history`` and ``targets`` are (row, item)
-    index pairs. History items and the padding id are excluded from the ranking (score -inf).
-    """
-    batch, n_items = scores.shape
+def ranking_scores(scores: torch.Tensor, history) -> torch.Tensor:
+    """The scores a batch is ranked by: a float32 copy of ``scores`` [B, n_items] (column 0 is the padding id)
+    with the padding id and the ``history`` (row, item) pairs at -inf."""
     scores = scores.detach().to(torch.float32, copy=True)
     scores[:, 0] = -torch.inf
     scores[history[0].to(scores.device), history[1].to(scores.device)] = -torch.inf
-    max_k = min(max(topk), n_items)
-    top = scores.topk(max_k, dim=1).indices
-    is_target = torch.zeros((batch, n_items), dtype=torch.bool, device=scores.device)
-    is_target[targets[0].to(scores.device), targets[1].to(scores.device)] = True
-    hits = is_target.gather(1, top).to(torch.float32)  # [B, max_k]
-    n_targets = is_target.sum(dim=1).clamp(min=1).to(torch.float32)
-    cumulative_hits = hits.cumsum(dim=1)
-    discount = 1.0 / torch.log2(torch.arange(2, max_k + 2, device=scores.device, dtype=torch.float32))
-    dcg = (hits * discount).cumsum(dim=1)
-    ideal = discount.cumsum(dim=0)
-    first_hit = torch.where(hits.any(dim=1), hits.argmax(dim=1), torch.full_like(hits[:, 0], max_k, dtype=torch.long))
-    out = {}
-    for metric in metrics:
-        for k in topk:
-            column = min(k, max_k) - 1
-            found = cumulative_hits[:, column]
-            if metric == "recall":
-                value = found / n_targets
-            elif metric == "hit":
-                value = (found > 0).to(torch.float32)
-            elif metric == "precision":
-                value = found / k
-            elif metric == "ndcg":
-                best = n_targets.clamp(max=column + 1).long() - 1  # ideal DCG over min(|targets|, K) ranks
-                value = dcg[:, column] / ideal[best]
-            elif metric == "mrr":
-                value = torch.where(first_hit <= column, 1.0 / (first_hit + 1).to(torch.float32), 0.0)
-            else:
-                raise ConfigValueError(f"metric {metric!r}: multi_target computes {', '.join(METRICS)}")
-            out[f"{metric}@{k}"] = value
-    return out
+    return scores
+
+
+def _widen(rec_topk: torch.Tensor, max_k: int) -> torch.Tensor:
+    """RecBole's ``rec.topk`` [B, k + 1] (hit at rank 1..k, then the number of targets) with misses at ranks
+    k + 1..max_k: a catalogue of fewer than max(topk) items (padding included) has no more ranks."""
+    missing = max_k + 1 - rec_topk.shape[1]
+    if missing <= 0:
+        return rec_topk
+    return torch.cat([rec_topk[:, :-1], rec_topk.new_zeros(len(rec_topk), missing), rec_topk[:, -1:]], dim=1)
 
 
 @torch.no_grad()
 def evaluate_multi_target(model, loader: MultiTargetEvalLoader, show_progress: bool = False) -> OrderedDict:
-    """Mean of every metric over the loader's users, RecBole-style keys (``recall@10``), rounded as RecBole."""
+    """Mean of every metric over the loader's users, computed by RecBole's collector and metric classes.
+
+    Per batch RecBole's :class:`~recbole.evaluator.collector.Collector` takes the top max(topk) items of
+    :func:`ranking_scores` (all items, if fewer) and builds ``rec.topk``: the hit matrix (is the item at rank r a
+    target) and the number of (deduplicated) targets per user. RecBole's Recall, Hit, NDCG, MRR and Precision
+    then average over all users and round to ``metric_decimal_place``; keys as RecBole's (``recall@10``).
+    """
     model.eval()
+    if loader.n_users == 0:
+        return OrderedDict((f"{m}@{k}", 0.0) for m in loader.metrics for k in loader.topk)
     device = _setting(loader.config, "device", torch.device("cpu"))
-    sums = OrderedDict((f"{m}@{k}", 0.0) for m in loader.metrics for k in loader.topk)
+    settings = {"metrics": loader.metrics, "topk": loader.topk, "metric_decimal_place": loader.decimals}
+    settings.update(device=device, eval_args={"mode": "full"})
+    collector = None
     batches = loader
     if show_progress:
         from tqdm import tqdm
 
         batches = tqdm(loader, total=len(loader), ncols=100, desc=f"Evaluate {loader.phase}")
     for batch in batches:
-        scores = model.full_sort_predict(batch.interaction.to(device))
-        scores = scores.reshape(len(batch), -1)
-        values = multi_target_metrics(scores, batch.history, batch.targets, loader.topk, loader.metrics)
-        for key, value in values.items():
-            sums[key] += float(value.sum())
-    users = max(loader.n_users, 1)
-    return OrderedDict((key, round(total / users, loader.decimals)) for key, total in sums.items())
+        scores = model.full_sort_predict(batch.interaction.to(device)).reshape(len(batch), -1)
+        scores = ranking_scores(scores, batch.history)
+        if collector is None:  # RecBole's top-k cannot take more items than there are
+            collector = Collector(dict(settings, topk=[min(max(loader.topk), scores.shape[1])]))
+        rows, items = (t.to(scores.device) for t in batch.targets)
+        collector.eval_batch_collect(scores, batch.interaction, rows, items)
+    data = collector.get_data_struct()
+    data["rec.topk"] = _widen(data["rec.topk"], max(loader.topk))
+    result = Evaluator(settings).evaluate(data)
+    return OrderedDict((key, float(value)) for key, value in result.items())
