@@ -6,6 +6,12 @@ training sequence to the batch under explicit keys (``view1_item_id_list``,
 loader only, never at evaluation, never in place (the source tensors are not modified), and
 never empty.
 
+What is split: by default (``cl_history_length: 0``) the row's model input, its last
+``MAX_ITEM_LIST_LENGTH`` items. ``cl_history_length: N`` (N >= ``MAX_ITEM_LIST_LENGTH``) splits the last N
+items before the row's target instead, read from the user's whole training sequence (:class:`LongHistories`;
+the authors split the last 200, docs/cmi.md §2.1); the views are then up to N items wide, wider than the
+model input, which a model without a position table (CMI) encodes as it is.
+
 Operations, vectorised over the batch (sequences are left-aligned, 0 = padding):
 
 * ``random_split`` (CMI, docs/cmi.md §2.1): the history is split at random into two disjoint halves;
@@ -30,6 +36,8 @@ import torch
 from recbole.data.interaction import Interaction
 
 from recbole_cmi import options
+from recbole_cmi.data.dataloader import rows_by_user
+from recbole_cmi.errors import ConfigValueError, DatasetError
 
 AUGMENTATIONS = ("random_split", "crop", "mask", "reorder", "random")
 SHORT_VIEWS = ("whole", "crop", "mask", "reorder")
@@ -113,6 +121,54 @@ def reorder(seq, lengths, beta, generator=None):
     return torch.gather(seq, 1, keys.argsort(dim=1)), lengths.clone()
 
 
+class LongHistories:
+    """The last ``length`` training items before each training row's target, read from the user's whole
+    training sequence rather than the row's truncated history (``cl_history_length``, docs/cmi.md §2.1).
+
+    RecBole's training rows of a user are that user's prefixes in time order
+    (``SequentialDataset.data_augmentation``), so the sequence is the first row's history followed by the
+    targets of the user's rows; ``position[r]`` is the number of items before row r's target. Rows that
+    do not chain this way are refused (each row's history must end the sequence up to its position).
+    """
+
+    def __init__(self, dataset, length: int):
+        feat = dataset.inter_feat
+        seq, lengths = feat[dataset.item_id_list_field], feat[dataset.item_list_length_field]
+        order, starts, counts = rows_by_user(dataset)
+        head = lengths[order[starts]]  # each user's first row: the history before its first target
+        sizes = head + counts
+        user_begin = torch.cumsum(sizes, 0) - sizes
+        self.items = seq.new_zeros(int(sizes.sum()))
+        columns = torch.arange(seq.shape[1])
+        in_head = columns < head[:, None]
+        self.items[(user_begin[:, None] + columns)[in_head]] = seq[order[starts]][in_head]
+        rank = torch.arange(len(order)) - torch.repeat_interleave(starts, counts)
+        self.begin, self.position = torch.empty_like(order), torch.empty_like(order)
+        self.begin[order] = torch.repeat_interleave(user_begin, counts)
+        self.position[order] = torch.repeat_interleave(head, counts) + rank
+        self.items[self.begin[order] + self.position[order]] = feat[dataset.iid_field][order]
+        self.length = length
+        self._check(seq, lengths, dataset)
+
+    def __call__(self, rows: torch.Tensor, length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sequences [len(rows), length], lengths)``: left-aligned, 0-padded, like ``item_id_list``."""
+        length = length or self.length
+        position = self.position[rows]
+        kept = position.clamp(max=length)
+        columns = torch.arange(length)
+        index = (self.begin[rows] + position - kept)[:, None] + columns
+        valid = columns < kept[:, None]
+        return torch.where(valid, self.items[index.clamp(max=len(self.items) - 1)], 0), kept
+
+    def _check(self, seq, lengths, dataset):
+        rebuilt, rebuilt_lengths = self(torch.arange(seq.shape[0]), seq.shape[1])
+        if not (torch.equal(rebuilt_lengths, lengths) and torch.equal(rebuilt, seq)):
+            raise DatasetError(
+                f"cl_history_length: the training rows of dataset '{dataset.dataset_name}' are not each user's "
+                "consecutive prefixes in time order, so their whole histories cannot be read; set it to 0"
+            )
+
+
 class ContrastiveViews:
     """Train-batch hook adding two views of every sequence (see the module docstring)."""
 
@@ -130,6 +186,9 @@ class ContrastiveViews:
         self.beta = options.real(config, "reorder_beta", 0.0, 1.0, default=0.6)
         self.mask_id = dataset.item_num
         self.generator = None
+        history_length = _history_length(config)
+        self.histories = LongHistories(dataset, history_length) if history_length else None
+        self.wants_rows = self.histories is not None
 
     def _single(self, name, seq, lengths):
         if name == "crop":
@@ -163,8 +222,11 @@ class ContrastiveViews:
             views.append((stacked_seq[chosen, rows], stacked_len[chosen, rows]))
         return views[0], views[1]
 
-    def __call__(self, interaction):
-        seq, lengths = interaction[self.seq_field], interaction[self.len_field]
+    def __call__(self, interaction, rows=None):
+        if self.histories is None:
+            seq, lengths = interaction[self.seq_field], interaction[self.len_field]
+        else:  # the batch may be RecBole's negative-sampling tiling of its rows
+            seq, lengths = self.histories(rows.repeat(len(interaction) // len(rows)))
         views = self.make_views(seq, lengths)
         added = {}
         for (seq_key, len_key), (view_seq, view_len) in zip(self.view_fields, views):
@@ -172,3 +234,15 @@ class ContrastiveViews:
             added[len_key] = view_len
         interaction.update(Interaction(added))
         return interaction
+
+
+def _history_length(config) -> int:
+    """``cl_history_length``: 0 (views of the model input) or at least ``MAX_ITEM_LIST_LENGTH``."""
+    length = options.integer(config, "cl_history_length", minimum=0, default=0)
+    longest = config["MAX_ITEM_LIST_LENGTH"] or 0
+    if 0 < length < longest:
+        raise ConfigValueError(
+            f"cl_history_length={length!r} (0, or at least MAX_ITEM_LIST_LENGTH={longest}: the views then read "
+            "more of the history than the model input, never less)"
+        )
+    return length

@@ -6,7 +6,9 @@ on the training loader only, never at evaluation. A model declares its hooks thr
 ``train_batch_hooks(config, dataset)`` classmethod; models without one get none. The caller passes that
 builder to :func:`data_preparation` (``recbole_cmi.utils.train_batch_hooks`` finds it by model name), so the data
 layer never looks a model up. A hook
-that needs the live model (interest-aware negatives) defines ``bind_model(model)``. A hook
+that needs the live model (interest-aware negatives) defines ``bind_model(model)``; one whose attribute
+``wants_rows`` is true is called as ``hook(interaction, rows)``, ``rows`` the training dataset's rows of the
+batch (the rows the histories come from; RecBole's negative sampling may tile the batch). A hook
 that draws from its own ``torch.Generator`` (attribute ``generator``) has that generator's state
 saved in checkpoints with the loader's shuffling generator (``get_rng_state``/``set_rng_state``),
 so a resumed run draws the same batches and views as an uninterrupted one.
@@ -41,7 +43,7 @@ class HookedTrainDataLoader(TrainDataLoader):
         if self.per_user:
             if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
                 raise ConfigValueError("train_sampling: per_user is for sequential models (it cuts histories)")
-            self.user_rows_order, *self.user_rows = _rows_by_user(dataset)
+            self.user_rows_order, *self.user_rows = rows_by_user(dataset)
             self.sampling_generator = torch.Generator().manual_seed(config["seed"])
         super().__init__(config, dataset, sampler, shuffle=shuffle)
 
@@ -55,24 +57,29 @@ class HookedTrainDataLoader(TrainDataLoader):
         self._sample_size = value
 
     def collate_fn(self, index):
-        interaction = self._per_user_batch(index) if self.per_user else super().collate_fn(index)
+        if self.per_user:
+            interaction, rows = self._per_user_batch(index)
+        else:
+            interaction, rows = super().collate_fn(index), torch.as_tensor(index, dtype=torch.long)
         for hook in self.batch_hooks:
-            interaction = hook(interaction)
+            interaction = hook(interaction, rows) if getattr(hook, "wants_rows", False) else hook(interaction)
         return interaction
 
     def _per_user_batch(self, users):
         """``TrainDataLoader.collate_fn`` on per_user rows: the history of a random prefix of each user and
-        the target of a random prefix at or after it, set before RecBole's transform and negatives see it."""
+        the target of a random prefix at or after it, set before RecBole's transform and negatives see it.
+        Returns the batch and the dataset rows its histories come from."""
         starts, counts = self.user_rows
         users = torch.as_tensor(users, dtype=torch.long)
         start, count = starts[users], counts[users]
         uniform = torch.rand(2, len(users), generator=self.sampling_generator, dtype=torch.float64)
         cut = (uniform[0] * count).long()
         later = cut + (uniform[1] * (count - cut)).long()
-        data = self._dataset[self.user_rows_order[start + cut].numpy()]
+        rows = self.user_rows_order[start + cut]
+        data = self._dataset[rows.numpy()]
         item = self._dataset.iid_field
         data.interaction[item] = self._dataset.inter_feat[item][self.user_rows_order[start + later]]
-        return self._neg_sampling(self.transform(self._dataset, data))
+        return self._neg_sampling(self.transform(self._dataset, data)), rows
 
     def bind_model(self, model):
         for hook in self.batch_hooks:
@@ -98,7 +105,7 @@ class HookedTrainDataLoader(TrainDataLoader):
                 hook.generator.set_state(hook_state)
 
 
-def _rows_by_user(dataset):
+def rows_by_user(dataset):
     """``(order, starts, counts)``: the training rows grouped by user (a user's rows keep their order,
     shortest prefix first), and where each user's group starts in ``order`` and how long it is."""
     users = dataset.inter_feat[dataset.uid_field]

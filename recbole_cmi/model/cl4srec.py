@@ -65,6 +65,11 @@ class CL4SRec(SequentialRecommender):
         self.cl_temperature = options.real(config, "cl_temperature", 0.0, None, lower_open=True)
         self.cl_similarity = options.choice(config, "cl_similarity", self.SIMILARITIES)
         self.view_fields = view_fields(config)
+        if options.integer(config, "cl_history_length", minimum=0, default=0):
+            raise ConfigValueError(
+                f"cl_history_length={config['cl_history_length']!r} (CL4SRec: 0; its views go through the "
+                f"position table of MAX_ITEM_LIST_LENGTH={self.max_seq_length} positions)"
+            )
 
         # Row n_items is the [mask] token of the mask augmentation (dataset.item_num, one past the
         # catalogue); it is an input only, never a candidate.

@@ -12,12 +12,13 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import TINY_SETTINGS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from recbole.data.interaction import Interaction
 
 from recbole_cmi.data.augmentation import ContrastiveViews, crop, mask, random_split, reorder, view_fields
-from recbole_cmi.errors import ConfigValueError
+from recbole_cmi.errors import ConfigValueError, DatasetError
 from recbole_cmi.quick_start import prepare
 
 MASK_ID = 50  # dataset.item_num: item ids are 1..49, 0 is padding
@@ -346,3 +347,137 @@ def test_training_loader_adds_views_and_evaluation_loaders_do_not(tiny_config):
         batch = next(iter(loader))
         batch = batch[0] if isinstance(batch, tuple) else batch
         assert "item_id_list" in batch.columns and not VIEW_KEYS & set(batch.columns)
+
+
+# --------------------------------------------------------------------------- cl_history_length
+
+# Hand-built histories (items in time order, no item twice per user). Leave-one-out keeps all but the
+# last two for training: u1 trains on 10 items, so its rows have 1..9 items of true history, more than
+# MAX_ITEM_LIST_LENGTH (3) and more than cl_history_length (5) for the later rows.
+HAND = {"u1": [f"a{k}" for k in range(12)], "u2": ["b0", "b1", "b2", "b3", "b4"], "u3": [f"c{k}" for k in range(8)]}
+
+
+def _hand_config(tmp_path, **overrides):
+    folder = tmp_path / "hand"
+    folder.mkdir(exist_ok=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    lines += [f"{user}\t{item}\t{t}" for user, items in HAND.items() for t, item in enumerate(items)]
+    (folder / "hand.inter").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    settings = dict(TINY_SETTINGS, data_path=str(tmp_path), checkpoint_dir=str(tmp_path / "saved"))
+    settings.update(MAX_ITEM_LIST_LENGTH=3, num_interest=2, embedding_size=8, train_batch_size=4, topk=[5])
+    settings.update(valid_metric="Recall@5")
+    settings.update(overrides)
+    return settings
+
+
+def _tokens(dataset, ids):
+    return [str(token) for token in dataset.id2token(dataset.iid_field, ids.numpy())]
+
+
+@pytest.mark.parametrize("sampling", ["prefixes", "per_user"])
+def test_long_history_is_the_last_n_items_before_the_target_from_the_whole_training_sequence(tmp_path, sampling):
+    # cl_split_min_length 5: a history of at most 5 items is not split, so both views are the long history.
+    settings = _hand_config(tmp_path, cl_history_length=5, cl_split_min_length=5, train_sampling=sampling)
+    _, _, (train, _, _), _ = prepare("CMI", "hand", config_dict=settings)
+    dataset = train._dataset
+    true_lengths = set()
+    for _ in range(1 if sampling == "prefixes" else 30):  # per_user: one random cut per user and epoch
+        for batch in train:
+            for row in range(len(batch)):
+                user = str(dataset.id2token(dataset.uid_field, int(batch[dataset.uid_field][row])))
+                n = int(batch["item_length"][row])
+                assert n <= 3  # the model input stays truncated
+                if sampling == "prefixes":  # the history ends right before the target
+                    position = HAND[user].index(_tokens(dataset, batch["item_id"][row : row + 1])[0])
+                else:  # per_user: the history is the drawn prefix; the target is any later item
+                    position = HAND[user].index(_tokens(dataset, batch["item_id_list"][row, n - 1 : n])[0]) + 1
+                expected = HAND[user][max(0, position - 5) : position]
+                for view in ("view1_", "view2_"):
+                    length = int(batch[view + "item_length"][row])
+                    assert _tokens(dataset, batch[view + "item_id_list"][row, :length]) == expected
+                    assert torch.all(batch[view + "item_id_list"][row, length:] == 0)
+                true_lengths.add(position)
+    assert {1, 2, 3} & true_lengths and {4, 5} & true_lengths and {6, 7, 8, 9} & true_lengths
+    assert batch["view1_item_id_list"].shape[1] == 5  # wider than the model input
+
+
+def test_default_views_split_the_model_input_with_the_hook_generator(tiny_config):
+    """cl_history_length 0: every batch's views are random_split of its item_id_list, the draws in order."""
+    _, _, (train, _, _), _ = prepare("CMI", "tiny", config_dict=tiny_config())
+    (hook,) = [h for h in train.batch_hooks if isinstance(h, ContrastiveViews)]
+    assert hook.histories is None and not hook.wants_rows
+    hook.generator = torch.Generator().manual_seed(3)
+    reference = torch.Generator().manual_seed(3)
+    for batch in train:
+        (v1, l1), (v2, l2) = random_split(batch["item_id_list"], batch["item_length"], 6, generator=reference)
+        assert torch.equal(batch["view1_item_id_list"], v1) and torch.equal(batch["view1_item_length"], l1)
+        assert torch.equal(batch["view2_item_id_list"], v2) and torch.equal(batch["view2_item_length"], l2)
+
+
+@pytest.mark.parametrize("sampling", ["prefixes", "per_user"])
+def test_history_length_equal_to_the_input_gives_the_default_views(tiny_config, sampling):
+    def epoch(history_length):
+        settings = tiny_config(cl_history_length=history_length, train_sampling=sampling)
+        _, _, (train, _, _), _ = prepare("CMI", "tiny", config_dict=settings)
+        (hook,) = [h for h in train.batch_hooks if isinstance(h, ContrastiveViews)]
+        hook.generator = torch.Generator().manual_seed(5)
+        return [dict(batch.interaction) for batch in train]
+
+    default, long = epoch(0), epoch(10)  # MAX_ITEM_LIST_LENGTH is 10
+    assert len(default) == len(long)
+    for first, second in zip(default, long, strict=True):
+        assert first.keys() == second.keys() and VIEW_KEYS <= set(first)
+        assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+class _Rows:
+    """A training set with RecBole's columns: ``(user, history, target)`` per row."""
+
+    uid_field, iid_field, item_id_list_field, item_list_length_field = (
+        "user_id",
+        "item_id",
+        "item_id_list",
+        "item_length",
+    )
+    dataset_name = "rows"
+    item_num = MASK_ID
+
+    def __init__(self, rows, width=3):
+        seq = torch.zeros(len(rows), width, dtype=torch.long)
+        for r, (_, history, _) in enumerate(rows):
+            seq[r, : len(history)] = torch.tensor(history, dtype=torch.long)
+        self.inter_feat = Interaction(
+            {
+                "user_id": torch.tensor([user for user, _, _ in rows]),
+                "item_id_list": seq,
+                "item_length": torch.tensor([len(history) for _, history, _ in rows]),
+                "item_id": torch.tensor([target for _, _, target in rows]),
+            }
+        )
+
+
+def test_long_histories_of_interleaved_users_and_tiled_batches():
+    # u1: 1 2 3 4 5 6, u2: 7 8 9; RecBole's prefix rows (MAX 3), the users' rows interleaved.
+    rows = [(1, [1], 2), (2, [7], 8), (1, [1, 2], 3), (1, [1, 2, 3], 4), (2, [7, 8], 9), (1, [2, 3, 4], 5)]
+    rows.append((1, [3, 4, 5], 6))
+    hook = ContrastiveViews(_config(cl_history_length=4, MAX_ITEM_LIST_LENGTH=3, cl_split_min_length=4), _Rows(rows))
+    seq, lengths = hook.histories(torch.tensor([6, 5, 4, 0, 3]))
+    assert seq.tolist() == [[2, 3, 4, 5], [1, 2, 3, 4], [7, 8, 0, 0], [1, 0, 0, 0], [1, 2, 3, 0]]
+    assert lengths.tolist() == [4, 4, 2, 1, 3]
+    batch = Interaction({"item_id_list": torch.zeros(4, 3, dtype=torch.long), "item_length": torch.ones(4)})
+    out = hook(batch, torch.tensor([6, 1]))  # RecBole's negative sampling tiles a batch of two rows twice
+    assert out["view1_item_id_list"].tolist() == [[2, 3, 4, 5], [7, 0, 0, 0]] * 2
+
+
+def test_rows_that_are_not_consecutive_prefixes_are_refused():
+    rows = [(1, [1], 2), (1, [1, 2], 3), (1, [2, 3, 9], 5)]  # the third history does not end with 4 = 3's target
+    with pytest.raises(DatasetError, match="cl_history_length: the training rows of dataset 'rows'"):
+        ContrastiveViews(_config(cl_history_length=4, MAX_ITEM_LIST_LENGTH=3), _Rows(rows))
+
+
+@pytest.mark.parametrize(("value", "accepted"), [(-1, ">= 0"), (2.5, ">= 0"), (2, "at least MAX_ITEM_LIST_LENGTH=3")])
+def test_a_history_length_below_the_model_input_is_refused(value, accepted):
+    with pytest.raises(ConfigValueError) as err:
+        ContrastiveViews(_config(cl_history_length=value, MAX_ITEM_LIST_LENGTH=3), _Rows([(1, [1], 2)]))
+    message = str(err.value)
+    assert message.startswith("cl_history_length") and repr(value) in message and accepted in message

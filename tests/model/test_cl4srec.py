@@ -290,6 +290,7 @@ def test_train_hook_is_the_shared_contrastive_views_with_the_configured_operatio
         ("cl_weight", math.inf, "a finite number >= 0"),
         ("cl_temperature", 0, "> 0"),
         ("cl_similarity", "l2", "one of"),
+        ("cl_history_length", 20, "CL4SRec: 0; its views go through the position table"),
     ],
 )
 def test_bad_settings_name_key_value_and_range(key, value, accepted):

@@ -17,6 +17,7 @@ from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.model.cmi import orthogonality_loss, uniformity_loss
 from recbole_cmi.model.layers import info_nce
 from recbole_cmi.quick_start import prepare, run_recbole_cmi
+from recbole_cmi.trainer import get_trainer
 
 
 @pytest.fixture(scope="module")
@@ -326,6 +327,8 @@ def test_interest_aware_negatives_come_from_the_dominant_category_and_avoid_hist
         ("neg_sampler", "hard"),
         ("cl_augmentation", "flip"),
         ("rec_loss_input", "both"),
+        ("cl_history_length", -1),
+        ("cl_history_length", 4),
     ],
 )
 def test_invalid_settings_are_rejected(tiny_config, key, value):
@@ -471,3 +474,15 @@ def test_rec_loss_on_the_history_trains_end_to_end(tiny_config):
     settings = tiny_config(num_interest=2, embedding_size=8, rec_loss_input="history")
     result = run_recbole_cmi("CMI", "tiny", config_dict=settings, saved=False)
     assert 0.0 <= result["test_result"]["recall@10"] <= 1.0
+
+
+def test_training_on_views_longer_than_the_model_input_has_a_finite_loss(tiny_config):
+    """cl_history_length: the views split up to 16 items of history while the model reads 4."""
+    settings = tiny_config(num_interest=2, embedding_size=8, MAX_ITEM_LIST_LENGTH=4, cl_history_length=16)
+    config, _, (train, _, _), model = prepare("CMI", "tiny", config_dict=settings)
+    batch = next(iter(train))
+    assert batch["item_length"].max() <= 4 and batch["view1_item_id_list"].shape[1] == 16
+    assert batch["view2_item_length"].max() > 4  # a view wider than the model input reaches the encoder
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    losses = trainer._train_epoch(train, 0)
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses) and losses[1] > 0
