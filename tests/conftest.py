@@ -76,6 +76,16 @@ def call(main, argv):
     return status, out.getvalue(), err.getvalue()
 
 
+def one_line_error(status, err, *expected):
+    """A command's failure: exit status 2 and one line ``error: ...`` on stderr holding each of ``expected``."""
+    lines = err.strip().splitlines()
+    assert status == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
 def verb(name):
     """The front door's ``name`` verb as a ``main(argv)``: ``python -m recbole_cmi <name> argv...``."""
     from recbole_cmi.__main__ import main

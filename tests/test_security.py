@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, TINY_SETTINGS, call, verb
+from conftest import REPO_ROOT, TINY_SETTINGS, call, one_line_error, verb
 
 from recbole_cmi.checkpoint import FORMAT, load_checkpoint
 from recbole_cmi.config import Config, literal_value
@@ -49,15 +49,6 @@ def tiny_args(data_root, tmp_path, model="CMI", **overrides):
     settings.update(num_interest=2, embedding_size=8)
     settings.update(overrides)
     return [f"--model={model}", "--dataset=tiny"] + [f"--{k}={v}" for k, v in settings.items()]
-
-
-def one_line_error(status, err, *expected):
-    lines = err.strip().splitlines()
-    assert status == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for text in expected:
-        assert text in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

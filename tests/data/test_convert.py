@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import call, one_line_error, verb
 
 from recbole_cmi.data.atomic import read_atomic_file
-from recbole_cmi.data.convert import common, kuairec, microlens, wechat
+from recbole_cmi.data.convert import SOURCES, common, kuairec, microlens, wechat
 from recbole_cmi.data.convert.__main__ import main
 from recbole_cmi.errors import ConfigValueError, DatasetError
 
@@ -425,7 +426,263 @@ def test_module_entry_point_exit_code(tmp_path):
         timeout=300,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"error: input folder {tmp_path / 'none'} does not exist"]
+    assert done.stderr.strip().splitlines() == [f"error: --input folder {tmp_path / 'none'} does not exist"]
+
+
+# --- the command line's errors: one line, exit status 2, for every source ----------------------------
+
+# source -> (fixture folder, extra arguments for a valid run, its interaction file)
+VALID = {
+    "microlens": ("lens_format", [], "Tiny_pairs.tsv"),
+    "wechat": ("wechat", [], "user_action.csv"),
+    "kuairec": ("kuairec", ["--matrix", "small"], "small_matrix.csv"),
+}
+
+
+def test_every_source_of_the_package_is_tested_here():
+    assert set(VALID) == set(SOURCES)
+
+
+CONVERT = verb("convert")  # python -m recbole_cmi convert ...
+
+
+def strings(argv) -> list[str]:
+    return [str(a) for a in argv]
+
+
+def valid_args(source, tmp_path):
+    fixture, extra, _ = VALID[source]
+    # --kcore 0: the default 5-core would leave nothing of the tiny fixtures (a later --kcore wins)
+    return ["--input", copy_fixture(fixture, tmp_path), "--output", tmp_path / "ds" / "out", "--kcore", "0", *extra]
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_help_at_every_level(source):
+    code, out, _ = call(main, strings(["--help"]))
+    assert code == 0 and all(name in out for name in SOURCES)
+    code, out, _ = call(CONVERT, strings(["--help"]))
+    assert code == 0 and all(name in out for name in SOURCES)
+    code, out, _ = call(main, strings([source, "--help"]))
+    assert code == 0
+    assert all(option in out for option in ("--input", "--output", "--name", "--overwrite", "--kcore"))
+    assert f"{source} options" in out  # the source's own options, in a group of their own
+    code, out, _ = call(CONVERT, strings([source, "-h"]))
+    assert code == 0 and "--kcore" in out
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], ["required: source"]),
+        (["bogus", "--input", "x", "--output", "y"], ["invalid choice: 'bogus'", "microlens"]),
+    ],
+)
+def test_a_missing_or_unknown_source_is_one_line(argv, expected):
+    code, _, err = call(main, strings(argv))
+    one_line_error(code, err, *expected)
+    code, _, err = call(CONVERT, strings(argv))
+    one_line_error(code, err, *expected)
+
+
+def _drop(args, option, with_value=True):
+    at = args.index(option)
+    return args[:at] + args[at + 1 + with_value :]
+
+
+def _set(args, option, value):
+    at = args.index(option)
+    return args[: at + 1] + [value] + args[at + 2 :]
+
+
+# kind -> (how to spoil a valid argument list, what the line names); {raw}/{out} stand for --input/--output.
+BAD_ARGUMENTS = {
+    "missing --input": (lambda a, raw, out: _drop(a, "--input"), ["required", "--input"]),
+    "missing --output": (lambda a, raw, out: _drop(a, "--output"), ["required", "--output"]),
+    "--output without a value": (lambda a, raw, out: _drop(a, "--output") + ["--output"], ["argument --output"]),
+    "unknown argument": (lambda a, raw, out: a + ["--bogus", "1"], ["unrecognized arguments: --bogus 1"]),
+    "empty --input": (lambda a, raw, out: _set(a, "--input", ""), ["--input is empty"]),
+    "--input does not exist": (lambda a, raw, out: _set(a, "--input", f"{raw}-nowhere"), ["--input folder", "nowhere"]),
+    "--input is a file": (lambda a, raw, out: _set(a, "--input", f"{raw}/{{main}}"), ["--input", "is a file"]),
+    "empty --output": (lambda a, raw, out: _set(a, "--output", ""), ["--output is empty"]),
+    "--output is a file": (lambda a, raw, out: _set(a, "--output", f"{raw}/{{main}}"), ["--output", "is a file"]),
+    "--output under a file": (
+        lambda a, raw, out: _set(a, "--output", f"{raw}/{{main}}/sub"),
+        ["--output", "cannot be created", "{main} is a file"],
+    ),
+    "--output holds other files": (lambda a, raw, out: _set(a, "--output", str(raw)), ["did not write", "--overwrite"]),
+    "--kcore not a number": (lambda a, raw, out: a + ["--kcore", "five"], ["argument --kcore", "'five'"]),
+    "negative --kcore": (lambda a, raw, out: a + ["--kcore", "-1"], ["--kcore must be >= 0", "-1"]),
+    "--name not plain": (lambda a, raw, out: a + ["--name", "../up"], ["--name '../up'", "plain name"]),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_ARGUMENTS)
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_bad_shared_argument_is_one_line_and_nothing_is_written(source, kind, tmp_path):
+    args = valid_args(source, tmp_path)
+    raw, out, main_file = args[1], args[3], VALID[source][2]
+    spoil, expected = BAD_ARGUMENTS[kind]
+    argv = [str(a).replace("{main}", main_file) for a in spoil([str(a) for a in args], raw, out)]
+    before = sorted(p.name for p in raw.iterdir())
+    code, _, err = call(main, strings([source, *argv]))
+    one_line_error(code, err, *[e.replace("{main}", main_file) for e in expected])
+    assert not out.exists() and sorted(p.name for p in raw.iterdir()) == before
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_shared_arguments_are_checked_before_the_input(source, tmp_path):
+    args = _set(valid_args(source, tmp_path), "--input", tmp_path / "nowhere")
+    code, _, err = call(main, strings([source, *args, "--kcore", "-3"]))
+    one_line_error(code, err, "--kcore must be >= 0")
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_an_output_folder_that_cannot_be_written_is_one_line(source, tmp_path, monkeypatch):
+    args = valid_args(source, tmp_path)
+    monkeypatch.setattr(common.os, "access", lambda path, mode: Path(path) != tmp_path)
+    code, _, err = call(main, strings([source, *args]))
+    one_line_error(code, err, f"--output {args[3]} cannot be created: {tmp_path} is not writable")
+    monkeypatch.undo()
+
+    def refuse(path, text):  # what a full disk or a folder made read-only meanwhile does
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(common, "write_text", refuse)
+    code, _, err = call(main, strings([source, *args]))
+    one_line_error(code, err, f"--output {args[3]}: cannot write", "Permission denied")
+
+
+# source -> [(arguments added to a valid run, what the line names)]
+BAD_OPTIONS = {
+    "microlens": [
+        (["--top_tags", "-1"], "--top_tags must be >= 0, got -1"),
+        (["--top_tags", "many"], "argument --top_tags: invalid int value: 'many'"),
+        (["--prefix", ""], "--prefix is empty"),
+        (["--prefix", "Other"], "no Other_pairs.csv or Other_pairs.tsv"),
+    ],
+    "wechat": [
+        (["--positive", "some"], "argument --positive: invalid choice: 'some'"),
+        (["--min_play_ratio", "half"], "argument --min_play_ratio: invalid float value: 'half'"),
+        (["--min_play_ratio", "0.5"], "--min_play_ratio applies only to --positive play"),
+        (["--positive", "play", "--min_play_ratio", "-1"], "--min_play_ratio must be a number >= 0, got -1"),
+        (["--positive", "play", "--min_play_ratio", "nan"], "--min_play_ratio must be a number >= 0, got nan"),
+    ],
+    "kuairec": [
+        (["--matrix", "medium"], "argument --matrix: invalid choice: 'medium'"),
+        (["--min_watch_ratio", "x"], "argument --min_watch_ratio: invalid float value: 'x'"),
+        (["--min_watch_ratio", "inf"], "--min_watch_ratio must be a finite number, got inf"),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "source, extra, expected", [(s, extra, expected) for s, cases in BAD_OPTIONS.items() for extra, expected in cases]
+)
+def test_a_bad_source_option_is_one_line(source, extra, expected, tmp_path):
+    args = valid_args(source, tmp_path)
+    code, _, err = call(main, strings([source, *args, *extra]))
+    one_line_error(code, err, expected)
+    assert not args[3].exists()
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_an_input_folder_without_its_file_names_the_file(source, tmp_path):
+    args = valid_args(source, tmp_path)
+    main_path = args[1] / VALID[source][2]
+    expected = {
+        "microlens": f"no *_pairs.csv or *_pairs.tsv in {args[1]}",
+        "wechat": f"missing WeChat action log: {main_path} does not exist",
+        "kuairec": f"missing KuaiRec interaction matrix: {main_path} does not exist",
+    }[source]
+    main_path.unlink()
+    code, _, err = call(main, strings([source, *args]))
+    one_line_error(code, err, expected)
+    main_path.mkdir()  # a folder where the file should be
+    code, _, err = call(main, strings([source, *args]))
+    one_line_error(code, err, f"{main_path} is a folder, not a file")
+
+
+# source -> (file, a malformed row appended to it, what the line names besides file and line)
+MALFORMED_ROWS = {
+    "microlens": ("Tiny_pairs.tsv", "7\t101 NA\n", "item id 'NA'"),
+    "wechat": ("user_action.csv", "8,71474,x,1,0,0,1,5000,5366,0,0,0,0\n", "column 'date_' must be a number, got 'x'"),
+    "kuairec": ("small_matrix.csv", "14,148,1,1,t,d,noon,2.5\n", "column 'timestamp' must be a number, got 'noon'"),
+}
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_malformed_row_names_file_and_line(source, tmp_path):
+    args = valid_args(source, tmp_path)
+    file_name, row, expected = MALFORMED_ROWS[source]
+    path = args[1] / file_name
+    lines = len(path.read_text().splitlines())
+    with open(path, "a") as f:
+        f.write(row)
+    code, _, err = call(main, strings([source, *args]))
+    one_line_error(code, err, f"{path}, line {lines + 1}: {expected}")
+
+
+@pytest.mark.parametrize(
+    "file_name, data, line",
+    [
+        ("X_pairs.tsv", b"1\t2 3\n2\t3 \xff4\n", 2),
+        ("X_pairs.csv", b"\xffuserID,videoID,timestamp\n1,2,3\n", 1),
+        ("X_pairs.csv", b"userID,videoID,timestamp\n1,2,3\n1,\xe92,4\n", 3),
+    ],
+)
+def test_a_line_that_is_not_utf8_is_named(tmp_path, file_name, data, line):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / file_name).write_bytes(data)
+    code, _, err = call(main, strings(["microlens", "--input", raw, "--output", tmp_path / "out", "--kcore", "0"]))
+    one_line_error(code, err, f"{raw / file_name}, line {line}: not UTF-8 text")
+
+
+def test_rows_with_a_trailing_comma_keep_their_columns(tmp_path):
+    """One field more than the header on every row must not make the first column an index and shift the rest."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rows = ["1,10,0,0,t,d,300,2.5,", "2,10,0,0,t,d,200,3.0,", "1,11,0,0,t,d,100,2.0,"]  # pandas shifted these
+    (raw / "small_matrix.csv").write_text(MATRIX_HEADER + "\n".join(rows) + "\n")
+    result = kuairec.convert(raw, tmp_path / "out" / "x", kcore=0, matrix="small")
+    assert inter_rows(result) == [("1", "11", "100"), ("1", "10", "300"), ("2", "10", "200")]
+
+
+# source -> (arguments after a valid run's, the exact .inter and .item text), worked out from the fixtures
+# as in the tests above: the bytes every version of the converters must keep writing.
+EXACT_FILES = {
+    "microlens": (
+        ["--kcore", "3", "--top_tags", "2"],
+        "user_id:token\titem_id:token\ttimestamp:float\n"
+        "1\t101\t0\n1\t102\t1\n1\t103\t2\n1\t104\t3\n2\t102\t0\n2\t103\t1\n2\t104\t2\n2\t101\t3\n"
+        "3\t103\t0\n3\t101\t1\n3\t102\t2\n6\t101\t0\n6\t102\t1\n6\t104\t2\n",
+        "item_id:token\tcategory:token\n101\tfunny\n102\tcats\n103\tfunny\n104\tother\n",
+    ),
+    "wechat": (
+        ["--kcore", "0", "--positive", "explicit"],
+        "user_id:token\titem_id:token\ttimestamp:float\n"
+        "8\t71474\t86400\n11\t71474\t86400\n11\t50282\t172801\n20\t99999\t259200\n",
+        "item_id:token\tcategory:token\n71474\t81\n50282\tother\n99999\tother\n",
+    ),
+    "kuairec": (
+        ["--kcore", "2"],
+        "user_id:token\titem_id:token\ttimestamp:float\n"
+        "14\t3649\t1593898149.479\n14\t9598\t1593898243.285\n19\t9598\t1593910800.5\n19\t3649\t1594000800\n",
+        "item_id:token\tcategory:token\n3649\t27\n9598\tother\n",
+    ),
+}
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_command_line_writes_exactly_these_bytes(source, tmp_path):
+    args = valid_args(source, tmp_path)
+    extra, inter, item = EXACT_FILES[source]
+    code, out, err = call(main, strings([source, *args, *extra]))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-2] == f"wrote {args[3] / 'out.inter'} and {args[3] / 'out.item'}"
+    assert (args[3] / "out.inter").read_bytes() == inter.encode()
+    assert (args[3] / "out.item").read_bytes() == item.encode()
+    assert sorted(p.name for p in args[3].iterdir()) == [common.MANIFEST, "out.inter", "out.item"]
 
 
 # --- the output loads in RecBole ------------------------------------------------------------------

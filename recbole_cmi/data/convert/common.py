@@ -1,8 +1,13 @@
-"""What every converter shares: checked reading, deduplication, k-core filtering, statistics, writing.
+"""What every converter shares: the options, checked reading, deduplication, k-core filtering, statistics, writing.
 
-A converter turns its source into one :class:`Interactions` frame (columns ``user_id``,
-``item_id``, ``timestamp``; ids as strings) plus an optional item -> category series, then hands
-them to :func:`finish`, which
+A converter is a module with ``DESCRIPTION`` (one line for ``--help``), ``add_arguments(parser)``
+(its own options; each option's ``dest`` is a keyword of its ``convert``), and
+``convert(input_dir, output, kcore, <its options>, name, overwrite)``, which hands a ``read``
+function to :func:`convert_folder`. That checks the shared options (``--output``, ``--name``,
+``--kcore``, ``--overwrite``: :func:`target`) and the ``--input`` folder before any file is read,
+then ``read(input_dir, **options)`` turns the source into one frame (columns ``user_id``,
+``item_id``, ``timestamp``; ids as strings), an optional item -> category series and notes, which
+:func:`finish`
 
 1. orders each user's rows by time (users in order of first appearance; equal times keep file order),
 2. drops repeated (user, item) pairs, keeping the first occurrence (the earliest one),
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +28,7 @@ import pandas as pd
 
 from recbole_cmi.errors import ConfigValueError, DatasetError
 from recbole_cmi.files import write_text
-from recbole_cmi.paths import plain_name_problem
+from recbole_cmi.paths import describe_unreadable, plain_name_problem
 
 UNKNOWN_CATEGORY = "other"
 SECONDS_PER_DAY = 86_400
@@ -87,31 +93,99 @@ class ConversionResult:
 
 
 def require_file(path: Path, what: str) -> Path:
-    if not path.is_file():
+    """``path``, or a one-line error naming it: missing, a folder, a special file or not readable."""
+    if not os.path.lexists(path):
         raise DatasetError(f"missing {what}: {path} does not exist")
+    problem = describe_unreadable(path, what)
+    if problem:
+        raise DatasetError(problem)
     return path
 
 
-def require_dir(path: Path) -> Path:
+def require_dir(input_dir) -> Path:
+    """The ``--input`` folder as a Path, or a one-line error naming it."""
+    if str(input_dir) == "":
+        raise ConfigValueError("--input is empty: give the folder holding the source files")
+    path = Path(input_dir)
+    if not path.exists():
+        raise DatasetError(f"--input folder {path} does not exist")
     if not path.is_dir():
-        raise DatasetError(f"input folder {path} does not exist")
+        raise DatasetError(f"--input {path} is a file, not a folder (give the folder holding the source files)")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise DatasetError(f"--input folder {path} is not readable (permissions)")
     return path
 
 
 def check_kcore(kcore: int) -> int:
+    if isinstance(kcore, bool) or not isinstance(kcore, (int, np.integer)):
+        raise ConfigValueError(f"--kcore must be a whole number >= 0, got {kcore!r}")
     if kcore < 0:
         raise ConfigValueError(f"--kcore must be >= 0 (0 or 1 disables filtering), got {kcore}")
-    return kcore
+    return int(kcore)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where a conversion writes, under which name, with which k-core (checked by :func:`target`)."""
+
+    output: Path
+    name: str
+    kcore: int
+
+
+def target(output, name: str | None = None, kcore: int = 5, overwrite: bool = False) -> Target:
+    """The shared options, checked before any input is read (:func:`check_output` for the folder)."""
+    kcore = check_kcore(kcore)
+    if str(output) == "":
+        raise ConfigValueError("--output is empty: give the folder to write, e.g. dataset/<name>")
+    output = Path(output)
+    name = name or output.resolve().name
+    if not name:
+        raise ConfigValueError(f"cannot derive a dataset name from output folder {str(output)!r}; pass --name")
+    problem = plain_name_problem(name)
+    if problem:
+        raise ConfigValueError(f"--name {name!r} {problem}")
+    check_output(output, name, overwrite)
+    return Target(output=output, name=name, kcore=kcore)
+
+
+def convert_folder(
+    read, input_dir, output, kcore: int = 5, name: str | None = None, overwrite: bool = False, **options
+) -> ConversionResult:
+    """One conversion: check the shared options and ``--input``, ``read(input_dir, **options)``, then :func:`finish`.
+
+    ``read`` checks its own options first and returns ``(frame, categories or None, notes)``.
+    """
+    where = target(output, name, kcore, overwrite)
+    frame, categories, notes = read(require_dir(input_dir), **options)
+    return finish(frame, categories, where, notes)
 
 
 def read_header(path: Path) -> list[str]:
     """Column names of a CSV file; raises for a missing or empty file."""
     require_file(path, "input file")
-    with open(path, encoding="utf-8-sig") as f:
-        first = f.readline()
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            first = f.readline()
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}, line {first_line_not_utf8(path)}: not UTF-8 text ({err.reason})") from err
+    except OSError as err:
+        raise DatasetError(f"cannot read {path}: {err.strerror or err}") from err
     if not first.strip():
         raise DatasetError(f"{path} is empty: expected a header line")
     return [c.strip().strip('"') for c in first.rstrip("\r\n").split(",")]
+
+
+def first_line_not_utf8(path: Path) -> int:
+    """The first line of ``path`` that is not UTF-8 (looked up only to name it in an error)."""
+    number = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return number
 
 
 def pick_column(path: Path, header: list[str], aliases: tuple[str, ...]) -> str:
@@ -142,13 +216,17 @@ def read_table(
     if missing:
         raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; the header has {', '.join(header)}")
     dtype = {c: str for c in ids + texts} | {c: np.float64 for c in numbers}
-    options = dict(usecols=wanted, keep_default_na=False, na_values=[""], encoding="utf-8-sig")
+    # index_col=False: rows with one field more than the header (a trailing comma) must not turn
+    # the first column into the index and shift the others.
+    options = dict(usecols=wanted, keep_default_na=False, na_values=[""], encoding="utf-8-sig", index_col=False)
     try:
         frame = pd.read_csv(path, dtype=dtype, **options)
     except UnicodeDecodeError as err:
-        raise DatasetError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from err
+        raise DatasetError(f"{path}, line {first_line_not_utf8(path)}: not UTF-8 text ({err.reason})") from err
     except pd.errors.ParserError as err:
         raise DatasetError(f"{path}: not a valid CSV file ({str(err).strip()})") from err
+    except OSError as err:
+        raise DatasetError(f"cannot read {path}: {err.strerror or err}") from err
     except ValueError:  # a non-numeric cell: find it and name it
         raw = pd.read_csv(path, dtype=str, **options)
         for column in numbers:
@@ -326,9 +404,16 @@ def files_we_wrote(output: Path) -> set[str]:
 
 
 def check_output(output: Path, name: str, overwrite: bool) -> None:
-    """Refuse an ``--output`` folder holding files we did not write (unless ``overwrite``)."""
+    """Refuse an ``--output`` folder that cannot be written, or that holds files we did not write (unless ``overwrite``)."""
     if output.exists() and not output.is_dir():
         raise ConfigValueError(f"--output {output} is a file, not a folder")
+    existing = next(p for p in (output, *output.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigValueError(f"--output {output} cannot be created: {existing} is a file, not a folder")
+    if existing == output and not os.access(output, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigValueError(f"--output {output} is not readable and writable (permissions)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigValueError(f"--output {output} cannot be created: {existing} is not writable (permissions)")
     if not output.is_dir() or overwrite:
         return
     ours = files_we_wrote(output) | {MANIFEST}
@@ -342,6 +427,16 @@ def check_output(output: Path, name: str, overwrite: bool) -> None:
 
 
 def write_atomic(
+    frame: pd.DataFrame, categories: pd.Series | None, output: Path, name: str
+) -> tuple[Path, Path | None]:
+    try:
+        return _write_atomic(frame, categories, output, name)
+    except OSError as err:  # checked up front (check_output), but a disk can fill or a folder change meanwhile
+        where = err.filename or output
+        raise DatasetError(f"--output {output}: cannot write {where} ({err.strerror or err})") from err
+
+
+def _write_atomic(
     frame: pd.DataFrame, categories: pd.Series | None, output: Path, name: str
 ) -> tuple[Path, Path | None]:
     output.mkdir(parents=True, exist_ok=True)
@@ -384,29 +479,13 @@ def _write_lines(path: Path, lines: list[str]) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
-def finish(
-    frame: pd.DataFrame,
-    categories: pd.Series | None,
-    output: Path,
-    name: str | None,
-    kcore: int,
-    notes: list[str],
-    overwrite: bool = False,
-) -> ConversionResult:
+def finish(frame: pd.DataFrame, categories: pd.Series | None, where: Target, notes: list[str]) -> ConversionResult:
     """Order, deduplicate, filter, write and measure one converted dataset (see the module docstring).
 
-    Writes only ``<output>/<name>.inter``, ``.item`` and a manifest of what it wrote; a folder that
-    holds other files is refused unless ``overwrite``, and a file it did not write is never deleted.
+    Writes only ``<output>/<name>.inter``, ``.item`` and a manifest of what it wrote (``where``, from
+    :func:`target`, has refused a folder that holds other files unless ``overwrite``); a file it did
+    not write is never deleted.
     """
-    check_kcore(kcore)
-    output = Path(output)
-    name = name or output.resolve().name
-    if not name:
-        raise ConfigValueError(f"cannot derive a dataset name from output folder {str(output)!r}; pass --name")
-    problem = plain_name_problem(name)
-    if problem:
-        raise ConfigValueError(f"--name {name!r} {problem}")
-    check_output(output, name, overwrite)
     if frame.empty:
         raise DatasetError("no interactions to convert (the input holds no positive interactions)")
     if categories is not None:
@@ -418,19 +497,19 @@ def finish(
     frame, duplicates = order_and_dedup(frame)
     notes = notes + [f"dropped {duplicates:,} repeated (user, item) pairs, keeping each pair's first occurrence"]
     before = statistics(frame, categories)
-    filtered = kcore_filter(frame, kcore)
+    filtered = kcore_filter(frame, where.kcore)
     if filtered.empty:
         raise DatasetError(
-            f"no interactions left after {kcore}-core filtering of {before.interactions:,} interactions "
+            f"no interactions left after {where.kcore}-core filtering of {before.interactions:,} interactions "
             f"({before.users:,} users, {before.items:,} items); use a smaller --kcore"
         )
-    inter_path, item_path = write_atomic(filtered, categories, output, name)
+    inter_path, item_path = write_atomic(filtered, categories, where.output, where.name)
     return ConversionResult(
-        name=name,
+        name=where.name,
         inter_path=inter_path,
         item_path=item_path,
         notes=notes,
         before=before,
         after=statistics(filtered, categories),
-        kcore=kcore,
+        kcore=where.kcore,
     )

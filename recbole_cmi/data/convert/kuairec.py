@@ -15,6 +15,7 @@ watch_ratio) and, optionally, ``item_categories.csv`` (video_id, feat as a list 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,9 @@ import pandas as pd
 from recbole_cmi.data.convert.common import (
     UNKNOWN_CATEGORY,
     ConversionResult,
-    finish,
+    convert_folder,
     line_of,
     read_table,
-    require_dir,
     require_file,
     token_problem,
 )
@@ -48,18 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def from_args(args: argparse.Namespace) -> ConversionResult:
-    return convert(
-        args.input,
-        args.output,
-        kcore=args.kcore,
-        matrix=args.matrix,
-        min_watch_ratio=args.min_watch_ratio,
-        name=args.name,
-        overwrite=args.overwrite,
-    )
-
-
 def convert(
     input_dir,
     output,
@@ -70,11 +58,17 @@ def convert(
     overwrite: bool = False,
 ) -> ConversionResult:
     """Convert a KuaiRec matrix (+ ``item_categories.csv``) in ``input_dir`` to ``<output>/<name>.inter`` (+ ``.item``)."""
+    return convert_folder(
+        read, input_dir, output, kcore, name, overwrite, matrix=matrix, min_watch_ratio=min_watch_ratio
+    )
+
+
+def read(input_dir: Path, matrix: str, min_watch_ratio: float):
+    """The positive interactions, video categories (or None) and notes of the KuaiRec ``data/`` folder."""
     if matrix not in MATRICES:
         raise ConfigValueError(f"--matrix must be one of {', '.join(MATRICES)}, got {matrix!r}")
     if not np.isfinite(min_watch_ratio):
         raise ConfigValueError(f"--min_watch_ratio must be a finite number, got {min_watch_ratio}")
-    input_dir = require_dir(Path(input_dir))
     matrix_path = require_file(input_dir / f"{matrix}_matrix.csv", "KuaiRec interaction matrix")
     rows = read_table(matrix_path, ids=("user_id", "video_id"), numbers=("timestamp", "watch_ratio"))
     for column in ("timestamp", "watch_ratio"):
@@ -94,12 +88,12 @@ def convert(
 
     categories = None
     category_path = input_dir / CATEGORY_FILE
-    if category_path.is_file():
+    if os.path.lexists(category_path):
         categories = read_categories(category_path)
         notes.append(f"categories: first feat entry of {CATEGORY_FILE}, else '{UNKNOWN_CATEGORY}'")
     else:
         notes.append(f"no {CATEGORY_FILE}: no categories, no .item file")
-    return finish(frame, categories, Path(output), name, kcore, notes, overwrite=overwrite)
+    return frame, categories, notes
 
 
 def read_categories(path: Path) -> pd.Series:

@@ -25,6 +25,7 @@ writes no ``.item`` file.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -35,11 +36,12 @@ from recbole_cmi.data.convert.common import (
     PANDAS_NA_STRINGS,
     UNKNOWN_CATEGORY,
     ConversionResult,
-    finish,
+    convert_folder,
+    first_line_not_utf8,
     pick_column,
     read_header,
     read_table,
-    require_dir,
+    require_file,
     require_finite,
     token_problem,
 )
@@ -60,18 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def from_args(args: argparse.Namespace) -> ConversionResult:
-    return convert(
-        args.input,
-        args.output,
-        kcore=args.kcore,
-        top_tags=args.top_tags,
-        prefix=args.prefix,
-        name=args.name,
-        overwrite=args.overwrite,
-    )
-
-
 def convert(
     input_dir,
     output,
@@ -82,9 +72,15 @@ def convert(
     overwrite: bool = False,
 ) -> ConversionResult:
     """Convert one MicroLens release in ``input_dir`` to ``<output>/<name>.inter`` (+ ``.item``)."""
+    return convert_folder(read, input_dir, output, kcore, name, overwrite, top_tags=top_tags, prefix=prefix)
+
+
+def read(input_dir: Path, top_tags: int, prefix: str | None):
+    """The interactions, item categories (or None) and notes of the release in ``input_dir``."""
     if top_tags < 0:
         raise ConfigValueError(f"--top_tags must be >= 0, got {top_tags}")
-    input_dir = require_dir(Path(input_dir))
+    if prefix is not None and not prefix:
+        raise ConfigValueError("--prefix is empty: give a release prefix such as MicroLens-50k")
     pairs, prefix = locate_pairs(input_dir, prefix)
     if pairs.suffix == ".csv":
         frame = read_pairs_csv(pairs)
@@ -96,7 +92,7 @@ def convert(
             "sequence (0, 1, 2, ...), not seconds"
         ]
     categories = None
-    titles = next((input_dir / (prefix + s) for s in TITLE_SUFFIXES if (input_dir / (prefix + s)).is_file()), None)
+    titles = next((p for p in (input_dir / (prefix + s) for s in TITLE_SUFFIXES) if os.path.lexists(p)), None)
     if top_tags == 0:
         notes.append("no categories (--top_tags 0)")
     elif titles is None:
@@ -104,7 +100,7 @@ def convert(
     else:
         categories = hashtag_categories(read_titles(titles), top_tags)
         notes.append(f"categories: the most frequent of the top {top_tags} hashtags of {titles.name}, else 'other'")
-    return finish(frame, categories, Path(output), name, kcore, notes, overwrite=overwrite)
+    return frame, categories, notes
 
 
 def locate_pairs(input_dir: Path, prefix: str | None) -> tuple[Path, str]:
@@ -119,7 +115,7 @@ def locate_pairs(input_dir: Path, prefix: str | None) -> tuple[Path, str]:
         raise DatasetError(
             f"{input_dir} holds several MicroLens releases ({', '.join(prefixes)}): choose one with --prefix"
         )
-    return found[0], prefixes[0]
+    return require_file(found[0], "MicroLens interactions"), prefixes[0]
 
 
 def read_pairs_csv(path: Path) -> pd.DataFrame:
@@ -132,17 +128,24 @@ def read_pairs_csv(path: Path) -> pd.DataFrame:
 
 def read_pairs_tsv(path: Path) -> pd.DataFrame:
     users, items = [], []
-    with open(path, encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            user, tab, rest = line.partition("\t")
-            if not tab or not user:
-                raise DatasetError(f"{path}, line {number}: expected 'user_id<TAB>item item ...', got {line[:60]!r}")
-            line_items = rest.split()
-            users.extend([user] * len(line_items))
-            items.extend(line_items)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for number, line in enumerate(f, start=1):
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                user, tab, rest = line.partition("\t")
+                if not tab or not user:
+                    raise DatasetError(
+                        f"{path}, line {number}: expected 'user_id<TAB>item item ...', got {line[:60]!r}"
+                    )
+                line_items = rest.split()
+                users.extend([user] * len(line_items))
+                items.extend(line_items)
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}, line {first_line_not_utf8(path)}: not UTF-8 text ({err.reason})") from err
+    except OSError as err:
+        raise DatasetError(f"cannot read {path}: {err.strerror or err}") from err
     if not items:
         raise DatasetError(f"{path} is empty: expected lines 'user_id<TAB>item item ...'")
     frame = pd.DataFrame({"user_id": users, "item_id": items})
@@ -150,10 +153,22 @@ def read_pairs_tsv(path: Path) -> pd.DataFrame:
         for value in pd.unique(frame[column]):
             problem = token_problem(value)
             if problem:
-                raise DatasetError(f"{path}: {label} {value!r}, which {problem}")
+                line = first_line_with(path, value, column == "user_id")
+                raise DatasetError(f"{path}, line {line}: {label} {value!r}, which {problem}")
     # A user listed on several lines continues the same sequence.
     frame["timestamp"] = frame.groupby("user_id", sort=False).cumcount().astype(float)
     return frame
+
+
+def first_line_with(path: Path, value: str, as_user: bool) -> int:
+    """The first line of a pairs .tsv whose user (or one of whose items) is ``value`` (to name it in an error)."""
+    number = 0
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, start=1):
+            user, _, rest = line.rstrip("\r\n").partition("\t")
+            if (user == value) if as_user else (value in rest.split()):
+                return number
+    return number
 
 
 def read_titles(path: Path) -> pd.DataFrame:

@@ -25,6 +25,7 @@ file is written.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,9 @@ from recbole_cmi.data.convert.common import (
     SECONDS_PER_DAY,
     UNKNOWN_CATEGORY,
     ConversionResult,
-    finish,
+    convert_folder,
     line_of,
     read_table,
-    require_dir,
     require_file,
     require_finite,
     require_integers,
@@ -64,18 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def from_args(args: argparse.Namespace) -> ConversionResult:
-    return convert(
-        args.input,
-        args.output,
-        kcore=args.kcore,
-        positive=args.positive,
-        min_play_ratio=args.min_play_ratio,
-        name=args.name,
-        overwrite=args.overwrite,
-    )
-
-
 def convert(
     input_dir,
     output,
@@ -86,6 +74,13 @@ def convert(
     overwrite: bool = False,
 ) -> ConversionResult:
     """Convert ``user_action.csv`` (+ ``feed_info.csv``) in ``input_dir`` to ``<output>/<name>.inter`` (+ ``.item``)."""
+    return convert_folder(
+        read, input_dir, output, kcore, name, overwrite, positive=positive, min_play_ratio=min_play_ratio
+    )
+
+
+def read(input_dir: Path, positive: str, min_play_ratio: float | None):
+    """The positive interactions, feed categories (or None) and notes of the log in ``input_dir``."""
     if positive not in POSITIVE_RULES:
         raise ConfigValueError(f"--positive must be one of {', '.join(POSITIVE_RULES)}, got {positive!r}")
     if min_play_ratio is not None and positive != "play":
@@ -94,13 +89,12 @@ def convert(
         min_play_ratio = DEFAULT_MIN_PLAY_RATIO
     if not np.isfinite(min_play_ratio) or min_play_ratio < 0:
         raise ConfigValueError(f"--min_play_ratio must be a number >= 0, got {min_play_ratio}")
-    input_dir = require_dir(Path(input_dir))
     actions_path = require_file(input_dir / ACTION_FILE, "WeChat action log")
     feeds_path = input_dir / FEED_FILE
     if positive == "play":
         require_file(feeds_path, f"{FEED_FILE} (--positive play needs each feed's videoplayseconds)")
     actions = read_actions(actions_path, positive)
-    feeds = read_feeds(feeds_path, with_duration=positive == "play") if feeds_path.is_file() else None
+    feeds = read_feeds(feeds_path, with_duration=positive == "play") if os.path.lexists(feeds_path) else None
 
     notes = [
         f"read {ACTION_FILE} ({len(actions):,} rows): day granularity only, so timestamp = date_ * 86400 + "
@@ -131,7 +125,7 @@ def convert(
         notes.append(f"categories: first manual_tag_list entry of {FEED_FILE}, else '{UNKNOWN_CATEGORY}'")
     else:
         notes.append(f"no {FEED_FILE}: no categories, no .item file")
-    return finish(frame, categories, Path(output), name, kcore, notes, overwrite=overwrite)
+    return frame, categories, notes
 
 
 def read_actions(path: Path, positive: str) -> pd.DataFrame:
