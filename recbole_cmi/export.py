@@ -163,18 +163,9 @@ def export(checkpoint, out, faiss_index: str | None = None, trust_checkpoint: bo
 
 
 def _versions(faiss) -> dict:
-    import numpy
-    import recbole
+    from recbole_cmi.machine import package_versions
 
-    import recbole_cmi
-
-    return {
-        "recbole_cmi": recbole_cmi.__version__,
-        "recbole": recbole.__version__,
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "faiss": getattr(faiss, "__version__", "unknown"),
-    }
+    return {**package_versions(), "faiss": getattr(faiss, "__version__", "unknown")}
 
 
 def main(argv=None) -> int:

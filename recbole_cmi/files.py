@@ -1,8 +1,12 @@
-"""Writing a file so that a reader, or a kill, only ever sees the old file or the complete new one."""
+"""Writing a file so that a reader, or a kill, only ever sees the old file or the complete new one (text, json).
+
+``plain`` turns NumPy scalars and tuples into the plain values json and yaml write.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -37,3 +41,19 @@ def write_text(path, text: str) -> None:
     """``path`` holds ``text`` (UTF-8), written atomically."""
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+def plain(value):
+    """Numpy scalars and tuples as plain Python values, so yaml and json can write them."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value
+
+
+def write_json(path, data) -> None:
+    """``path`` holds ``data`` as indented json (keys in their order), written atomically."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import sys
 from pathlib import Path
 
@@ -91,3 +92,15 @@ def verb(name):
     from recbole_cmi.__main__ import main
 
     return lambda argv: main([name, *argv])
+
+
+def unpadded(text):
+    """Markdown with its pipe-table cells unpadded (``| a   |   1 |`` -> ``| a | 1 |``), so a test can match the
+    cells as written whatever width their columns got; a list of lines gives a list of lines."""
+    if isinstance(text, list):
+        return [unpadded(line) for line in text]
+    lines = text.split("\n")
+    return "\n".join(
+        re.sub(r" +(?=(?<!\\)\|)", " ", re.sub(r"(?<!\\)\| +", "| ", line)) if line.startswith("|") else line
+        for line in lines
+    )

@@ -14,21 +14,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_SETTINGS
+from conftest import TINY_SETTINGS, unpadded
 
 from recbole_cmi.benchmark import report
 from recbole_cmi.benchmark.__main__ import SUBCOMMANDS
 from recbole_cmi.benchmark.__main__ import main as benchmark_main
-from recbole_cmi.benchmark.accuracy import (
-    BenchmarkSettings,
-    config_sha,
-    cuda_peak_mib,
-    peak_rss_mib,
-    run_benchmark,
-    shared_config,
-)
+from recbole_cmi.benchmark.accuracy import BenchmarkSettings, config_sha, run_benchmark, shared_config
 from recbole_cmi.cli import OneLineArgumentParser, config_values
 from recbole_cmi.errors import ConfigValueError, UnknownModelError
+from recbole_cmi.memory import cuda_peak_mib, peak_rss_mib
 
 # Tiny models; keys a model does not read are ignored by it.
 TINY_OVERRIDES = {
@@ -80,7 +74,7 @@ def test_two_models_two_seeds_write_the_csv_and_the_table_from_it(two_by_two):
     assert all(r["valid_metric"] == "NDCG@20" and int(r["epochs_run"]) == 1 for r in rows)
     assert {r["n_test_users"] for r in rows} == {"60"}
     assert {r["exclude_history_items"] for r in rows} == {"False"}  # the tiny dataset keeps RecBole's ranking
-    text = outcome.md_path.read_text()
+    text = unpadded(outcome.md_path.read_text())
     assert "all items are ranked (history items included, as RecBole does for sequential models" in text
     columns = ["test_recall@10", "test_ndcg@20", "test_hit@50"]
     for model in ("SASRec", "GRU4Rec"):
@@ -107,7 +101,7 @@ def test_two_models_two_seeds_write_the_csv_and_the_table_from_it(two_by_two):
     assert "embedding_size: 16" in text and "eval_protocol: loo" in text
     for package in ("torch", "recbole", "numpy", "recbole_cmi"):
         assert f"{package} " in text
-    assert "nproc:" in text and "cpu:" in text
+    assert "logical CPUs usable, torch threads" in text and "- machine: " in text  # recbole_cmi.machine's line
 
 
 def test_a_failing_model_is_recorded_and_the_others_continue(two_by_two):
@@ -120,7 +114,7 @@ def test_a_failing_model_is_recorded_and_the_others_continue(two_by_two):
     ]  # fmt: skip
     error = rows[2]["error"]
     assert "num_interest" in error and "\n" not in error
-    text = outcome.md_path.read_text()
+    text = unpadded(outcome.md_path.read_text())
     assert "## Failed runs" in text and "| ComiRecSA | 2022 |" in text and "| ComiRecSA | 2023 |" in text
     assert "| ComiRecSA | – |" in text and "| 0/2 |" in text  # no numbers for a model without a finished run
     assert (tmp_path / "work" / "ComiRecSA-seed2022" / "run.log").is_file()  # its log is kept
@@ -146,7 +140,7 @@ def test_resume_skips_finished_runs_and_refuses_another_config(two_by_two):
 def test_the_paired_comparison_of_the_real_runs(two_by_two):
     outcome, _ = two_by_two
     rows = report.read_runs(outcome.csv_path)
-    text = outcome.md_path.read_text()
+    text = unpadded(outcome.md_path.read_text())
     # No CMI among the models: the first one listed (SASRec) is compared with the others, and the heading says so.
     assert "## Paired comparison (SASRec − baseline, paired by seed; CMI was not run" in text
     for key, label in (("recall@20", "Recall@20"), ("ndcg@20", "NDCG@20")):
@@ -205,7 +199,7 @@ def test_runs_are_paired_by_seed_where_both_finished():
         "recall@20", "ndcg@20", "recall@50",
     ]  # fmt: skip
     assert report.paired_keys(["hit@5", "mrr@5", "ndcg@5"], None) == ["hit@5", "mrr@5"]
-    lines = report.paired_section(rows, ["SASRec", "CMI", "GRU4Rec"], ["recall@20", "ndcg@20"], "NDCG@20")
+    lines = unpadded(report.paired_section(rows, ["SASRec", "CMI", "GRU4Rec"], ["recall@20", "ndcg@20"], "NDCG@20"))
     assert lines[0] == "## Paired comparison (CMI − baseline, paired by seed)"  # CMI, wherever it is listed
     t = 0.02 / (0.01 / math.sqrt(3))
     p = 1 - t / math.sqrt(2 + t * t)  # as in the test above: 0.0742
@@ -215,7 +209,7 @@ def test_runs_are_paired_by_seed_where_both_finished():
     assert "| GRU4Rec | NDCG@20 | +0.0350 | 1 | n/a (need ≥ 2 paired seeds) |" in lines
     assert not any("| CMI |" in line for line in lines)
     assert "NDCG@20 is the validation metric" in lines[2]
-    other = report.paired_section(rows, ["SASRec", "GRU4Rec"], ["recall@20"], None)
+    other = unpadded(report.paired_section(rows, ["SASRec", "GRU4Rec"], ["recall@20"], None))
     assert other[0].startswith("## Paired comparison (SASRec − baseline, paired by seed; CMI was not run")
     assert "| GRU4Rec | Recall@20 | +0.0500 | 1 | n/a (need ≥ 2 paired seeds) |" in other
     assert report.paired_section(rows, ["CMI"], ["recall@20"], None) == []  # nothing to compare with
@@ -252,7 +246,7 @@ def test_without_matplotlib_the_benchmark_skips_the_chart_with_one_line(tiny_dat
         "resuming: 4 finished runs in " + str(folder / "loo.csv") + " are kept",
         "no chart: matplotlib is not installed (pip install matplotlib to get one)",
     ]
-    text = outcome.md_path.read_text()
+    text = unpadded(outcome.md_path.read_text())
     assert "![chart]" not in text and "| SASRec | **0.3500 ± 0.0707** | **0.1750 ± 0.0354** |" in text
     # Differences 0.10 and 0.15: t = 0.125 / (0.0354 / sqrt(2)) = 5 with 1 degree of freedom, p = 1 - 2 atan(5) / pi.
     assert f"| GRU4Rec | Recall@20 | +0.1250 | 2 | {1 - 2 * math.atan(5) / math.pi:.4f} |" in text
@@ -362,7 +356,7 @@ def test_a_refresh_with_fewer_models_and_seeds_keeps_the_other_runs_and_says_so(
     refresh = dataclasses.replace(given, models=["SASRec"], seeds=1, resume=True, out=str(out))
     again = run_benchmark(refresh)  # SASRec seed 2022 is finished: nothing runs, the table is rewritten
     assert report.read_runs(again.csv_path) == report.read_runs(outcome.csv_path)
-    text = again.md_path.read_text()
+    text = unpadded(again.md_path.read_text())
     assert "- **Seeds**: 2022, 2023; cells are" in text  # ComiRecSA never finished: not an uneven model
     assert text.count("| 2/2 |") == 2  # SASRec and GRU4Rec keep both seeds in the table
     assert "outside this command's `--models` × `--seeds`: SASRec seed 2023; GRU4Rec seeds 2022, 2023." in text
@@ -377,7 +371,7 @@ def test_every_run_records_its_validation_curve_and_whether_it_hit_the_epoch_cap
         assert curve["ndcg@20"] == [float(row["best_valid_score"])]
         assert curve["train_s"][0] == pytest.approx(float(row["train_s_per_epoch"]), abs=0.006)  # rounded to 0.01
         assert row["stopped_early"] == "False" and report.hit_cap(row)  # 1 epoch of 1: the cap ended every run
-    text = outcome.md_path.read_text()
+    text = unpadded(outcome.md_path.read_text())
     assert "- **Epoch cap reached** by 4 of 4 finished runs (those runs may not have converged: flagged ⚠" in text
     assert text.count("| **2/2 ⚠** |") == 2  # the at-cap column of SASRec and GRU4Rec
     assert "![validation curves](loo-curves.png)" in text and "| SASRec | 2022 | 1 | 1 |" in text
@@ -398,7 +392,7 @@ def test_the_other_convention_is_the_number_of_a_run_configured_so(two_by_two, t
             and excluded[f"test_{key}"] == ranked[f"alt_test_{key}"]
         )
     assert any(excluded[f"test_{key}"] != ranked[f"test_{key}"] for key in metrics)
-    assert "## Both ranking conventions" in outcome.md_path.read_text()
+    assert "## Both ranking conventions" in unpadded(outcome.md_path.read_text())
 
 
 def test_an_interrupted_run_continues_from_its_last_checkpoint_with_resume(tiny_data_root, tmp_path, monkeypatch):
@@ -475,7 +469,7 @@ def test_a_variant_is_a_row_of_its_own_with_its_settings_and_its_best_checkpoint
     assert (
         rows["GRU4Rec"]["variant"] == "" and rows["GRU4Rec_deep"]["variant"] == "GRU4Rec:dropout_prob=0.5,num_layers=2"
     )
-    assert "| GRU4Rec_deep (`GRU4Rec:dropout_prob=0.5,num_layers=2`) |" in outcome.md_path.read_text()
+    assert "| GRU4Rec_deep (`GRU4Rec:dropout_prob=0.5,num_layers=2`) |" in unpadded(outcome.md_path.read_text())
     spec = json.loads((Path(given.work_dir) / "GRU4Rec_deep-seed2022" / "spec.json").read_text())
     assert spec["model"] == "GRU4Rec" and spec["config_dict"]["num_layers"] == 2
     assert spec["config_dict"]["dropout_prob"] == 0.5

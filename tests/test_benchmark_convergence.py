@@ -10,6 +10,7 @@ import statistics
 
 import pytest
 import torch
+from conftest import unpadded
 
 from recbole_cmi.benchmark import report
 from recbole_cmi.benchmark.accuracy import history_excluded, ranking_convention
@@ -121,7 +122,7 @@ def test_a_run_hit_the_cap_when_it_trained_every_epoch_without_early_stopping():
     ]
     a, b = report.summarize(rows, ["A", "B"])
     assert (a.epochs_capped, b.epochs_capped) == (1, 0)
-    table = "\n".join(report.results_table([a, b], None, None))
+    table = unpadded("\n".join(report.results_table([a, b], None, None)))
     assert "| epochs run | best epoch | at cap |" in table
     assert "| 7.0 ± 2.8 | – | **1/2 ⚠** |" in table and "| 7.0 | – | 0/1 |" in table
 
@@ -145,7 +146,7 @@ def test_the_curves_show_one_common_seed_per_model_and_when_each_was_best(tmp_pa
     assert [(r["model"], r["seed"]) for r in picked] == [("CMI", "2023"), ("SASRec", "2023")]  # 2023: both have it
     # The best epoch: ties go to the later epoch, as RecBole's early stopping moves the checkpoint forward.
     assert report._best_point(report.run_curve(rows[0])) == (3, 30.0, 0.20)
-    text = "\n".join(report.curves_section(rows, ["CMI", "SASRec", "GRU4Rec"], "loo-curves.png"))
+    text = unpadded("\n".join(report.curves_section(rows, ["CMI", "SASRec", "GRU4Rec"], "loo-curves.png")))
     assert "![validation curves](loo-curves.png)" in text
     assert "| CMI | 2023 | 4 | 3 | 0.2000 | 30.0 | 40.0 | early stopping |" in text
     assert "| SASRec | 2023 | 2 | 2 | 0.0900 | 100.0 | 100.0 | **epoch cap ⚠** |" in text
@@ -184,7 +185,7 @@ def test_both_conventions_and_their_paired_t_tests_match_the_t_distribution_by_h
     ranked = report.convention_rows(rows, exclude=False)
     assert [r["test_recall@20"] for r in ranked[:3]] == [0.20, 0.19, 0.22]
     assert all(not k.startswith("alt_") for r in ranked for k in r)
-    text = "\n".join(report.conventions_section(rows, ["CMI", "SASRec"]))
+    text = unpadded("\n".join(report.conventions_section(rows, ["CMI", "SASRec"])))
     assert "| model | excl. Recall@20 | excl. NDCG@20 | ranked Recall@20 | ranked NDCG@20 |" in text
     cmi_excl = [e for e, _ in values["CMI"]]
     assert f"| CMI | **{statistics.fmean(cmi_excl):.4f} ± {statistics.stdev(cmi_excl):.4f}** |" in text
@@ -207,7 +208,7 @@ def test_the_tuned_values_of_every_model_are_listed():
          "tuned_values": json.dumps({"learning_rate": 0.004, "num_interest": 2})},
         {"model": "SASRec", "status": "ok", "tuned_file": "", "tuned_values": ""},
     ]  # fmt: skip
-    text = "\n".join(report.tuned_section(rows, ["CMI", "SASRec"], None))
+    text = unpadded("\n".join(report.tuned_section(rows, ["CMI", "SASRec"], None)))
     assert "| CMI | properties/tuned/x/CMI.yaml | learning_rate: 0.004, num_interest: 2 | 2 |" in text
     assert "| SASRec | – | – (published defaults) | 1 |" in text
     assert "`--tuned`" in "\n".join(report.tuned_section(rows, ["CMI"], "tuned/x"))

@@ -1,10 +1,13 @@
-"""recbole_cmi.files: the one atomic writer (checkpoints, reports, converted data, charts)."""
+"""recbole_cmi.files: the one atomic writer (checkpoints, reports, converted data, charts), and json through it."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
-from recbole_cmi.files import atomic_open, write_text
+from recbole_cmi.files import atomic_open, plain, write_json, write_text
 
 
 def test_a_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
@@ -28,3 +31,19 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
 def test_only_whole_file_modes(tmp_path):
     with pytest.raises(ValueError, match="mode 'w' or 'wb'"), atomic_open(tmp_path / "x", "a"):
         pass
+
+
+def test_json_files_hold_plain_values_in_their_order(tmp_path):
+    data = plain({"b": np.float32(0.5), 3: (np.int64(2), [np.bool_(True), "x"]), "a": {"n": None}})
+    assert data == {"b": 0.5, "3": [2, [True, "x"]], "a": {"n": None}}
+    assert [type(v) for v in (data["b"], data["3"][0], data["3"][1][0])] == [float, int, bool]
+    write_json(tmp_path / "spec.json", data)
+    text = (tmp_path / "spec.json").read_text(encoding="utf-8")
+    assert (
+        text == '{\n  "b": 0.5,\n  "3": [\n    2,\n    [\n      true,\n      "x"\n    ]\n  ],\n'
+        '  "a": {\n    "n": null\n  }\n}\n'
+    )
+    assert json.loads(text) == data
+    with pytest.raises(TypeError):  # not plain: nothing is written over the old file
+        write_json(tmp_path / "spec.json", {"x": object()})
+    assert (tmp_path / "spec.json").read_text(encoding="utf-8") == text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import unpadded
 
 from recbole_cmi.benchmark import gpu
 
@@ -16,13 +17,21 @@ def test_without_cuda_the_check_says_so_and_runs_small_on_the_cpu(tmp_path, caps
     assert code == 0
     captured = capsys.readouterr()
     assert "no CUDA device found" in captured.err
-    report = out.read_text()
+    # One line per finished epoch run and per agreement check on stdout.
+    finished = [line for line in captured.out.splitlines() if line.startswith("[gpu] ")]
+    assert [line.split(":")[0] for line in finished] == [
+        "[gpu] SASRec AMP off", "[gpu] SASRec AMP on", "[gpu] SASRec agreement",
+        "[gpu] ComiRecSA AMP off", "[gpu] ComiRecSA AMP on", "[gpu] ComiRecSA agreement",
+    ]  # fmt: skip
+    report = unpadded(out.read_text())
     assert report.startswith("# GPU check: dry run on the CPU (no CUDA device found)")
+    assert "- machine: " in report and "logical CPUs usable" in report and "- versions: recbole_cmi " in report
     rows = [line for line in report.splitlines() if line.startswith(("| SASRec |", "| ComiRecSA |"))]
     assert len(rows) == 2 * 2 + 2  # AMP off and on per model, then one agreement row each
     assert not any("failed" in row for row in rows), rows
     # The same weights scored twice on the CPU: identical scores and top-20 lists.
     agreement = [row.split(" | ") for row in rows if row.count("|") == 6]
+    assert len(agreement) == 2
     assert all(cells[1] == "0.00e+00" and cells[2] == "1.0000" for cells in agreement), agreement
     assert "Two-GPU DDP: not run (0 GPU(s) here; it needs 2)." in report
 

@@ -18,11 +18,15 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "recbole_cmi"
 # Bottom-up. A module may import from its own layer or a lower one, never from a higher one. The longest
 # matching name wins (recbole_cmi.data.synthetic -> recbole_cmi.data).
 LAYERS = {
-    # 0 helpers: errors, files, compatibility patches, option vocabulary, the command-line vocabulary
+    # 0 helpers: errors, files, compatibility patches, option vocabulary, the command-line vocabulary, and what
+    # every report uses: the machine description, the memory meter, markdown tables
     "recbole_cmi": 0,  # the package itself: applies compat on import
     "recbole_cmi.errors": 0,
     "recbole_cmi.paths": 0,
     "recbole_cmi.files": 0,
+    "recbole_cmi.machine": 0,
+    "recbole_cmi.memory": 0,
+    "recbole_cmi.markdown": 0,
     "recbole_cmi.compat": 0,
     "recbole_cmi.options": 0,
     "recbole_cmi.cli": 0,

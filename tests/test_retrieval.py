@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_SETTINGS, verb
+from conftest import REPO_ROOT, TINY_SETTINGS, unpadded, verb
 from test_tools import call
 
 from recbole_cmi.config import Config
@@ -349,9 +349,12 @@ def test_the_retrieval_benchmark_runs_on_a_small_catalogue(tmp_path):
     out = tmp_path / "retrieval.md"
     argv = ["--retrieval", "--catalogues", "2k", "--retrieval-interactions", "4k", "--retrieval-users", "40"]
     argv += ["--retrieval-train-steps", "2", "--ivf-nprobe", "1,64", "--hnsw-ef", "50", "--d", "8", "--out", str(out)]
-    status, _, err = call(speed.main, argv)
+    status, stdout, err = call(speed.main, argv)
     assert status == 0, err
-    rows = [line.split(" | ") for line in out.read_text(encoding="utf-8").splitlines() if line.startswith("| 2k")]
+    finished = [line for line in stdout.splitlines() if line.startswith("[2k] ")]  # one line per evaluation
+    assert len(finished) == 6 and all(" ms/user over " in line for line in finished), finished
+    report = unpadded(out.read_text(encoding="utf-8"))
+    rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| 2k")]
     assert [(r[1], r[2].split(" (")[0]) for r in rows] == [
         ("CMI", "exact"),
         ("CMI", "faiss ivf"),

@@ -1,4 +1,5 @@
-"""The speed and scale benchmark (recbole_cmi.benchmark.speed): sizes, fast generator, memory, report, a tiny run."""
+"""The speed and scale benchmark (recbole_cmi.benchmark.speed): sizes, memory, report, a tiny run (the fast
+synthetic generator it uses: tests/test_synthetic.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import unpadded
 
 from recbole_cmi.benchmark import speed
-from recbole_cmi.benchmark.measure import REPORT_END_MARKER, PeakMemory, fast_generate, parse_count
+from recbole_cmi.benchmark.measure import REPORT_END_MARKER, parse_count
 from recbole_cmi.benchmark.speed import ModelResult, Size, SizeResult, parse_sizes
-from recbole_cmi.data.synthetic import SECONDS_PER_DAY, SyntheticConfig
+from recbole_cmi.memory import PeakMemory
 
 
 @pytest.mark.parametrize(
@@ -31,38 +33,6 @@ def test_parse_sizes():
     for bad in ("1m", "1m:100k:3", "500:10k", "1m:100", ","):
         with pytest.raises(ValueError):
             parse_sizes(bad)
-
-
-def test_fast_generator_keeps_the_simulation_and_is_seeded():
-    cfg = SyntheticConfig(n_items=2000, seed=3)
-    data = fast_generate(cfg, 20_000)
-    again = fast_generate(cfg, 20_000)
-    for field in ("users", "items", "timestamps", "item_category"):
-        np.testing.assert_array_equal(getattr(data, field), getattr(again, field))
-    assert not np.array_equal(fast_generate(SyntheticConfig(n_items=2000, seed=4), 20_000).items, data.items)
-
-    n = len(data.users)
-    assert 20_000 - cfg.max_len < n <= 20_000
-    lengths = np.bincount(data.users)[1:]
-    assert lengths.min() >= cfg.min_len and lengths.max() <= cfg.max_len
-    assert data.items.min() >= 1 and data.items.max() <= cfg.n_items
-    pairs = data.users.astype(np.int64) * (cfg.n_items + 1) + data.items
-    assert len(np.unique(pairs)) == n  # no user sees an item twice
-    same_user = data.users[1:] == data.users[:-1]
-    assert (np.diff(data.timestamps)[same_user] > 0).all()  # strictly increasing inside a user
-    assert data.timestamps.max() < cfg.n_days * SECONDS_PER_DAY + cfg.max_len
-    # Sessions stay inside one interest: consecutive items share a category far more often than 1/16.
-    category = data.item_category[data.items - 1]
-    assert (category[1:] == category[:-1])[same_user].mean() > 0.5
-    # Zipf inside a category: its most popular item is consumed far more than its median item.
-    counts = np.bincount(data.items, minlength=cfg.n_items + 1)[1:]
-    in_first = counts[data.item_category == 0]
-    assert in_first.max() > 5 * max(np.median(in_first), 1)
-
-
-def test_fast_generator_with_a_fixed_number_of_users():
-    data = fast_generate(SyntheticConfig(n_users=50, n_items=300, seed=1))
-    assert data.users.max() == 50 and len(np.unique(data.users)) == 50
 
 
 def test_peak_memory_sees_a_freed_allocation():
@@ -87,20 +57,11 @@ def _result(model, samples_per_s, users_per_s, rows=10_000):
     )
 
 
-def _machine():
-    return {
-        "cpu": "test CPU",
-        "logical_cpus": 2,
-        "usable_cpus": 2,
-        "torch_threads": 2,
-        "gpu": None,
-        "python": "3",
-        "torch": "2",
-        "recbole": "1.2.1",
-        "numpy": "2",
-        "pandas": "2",
-        "os": "Linux",
-    }
+def _environment():
+    machine = {"cpu": "test CPU", "usable_cpus": 2, "logical_cpus": 2, "torch_threads": 2, "memory": "8 GiB"}
+    machine.update(gpu=None, os="Linux")
+    versions = {"recbole_cmi": "0", "recbole": "1.2.1", "torch": "2", "numpy": "2", "pandas": "2", "python": "3"}
+    return {"machine": machine, "versions": versions}
 
 
 def test_report_ratios_targets_and_scaling():
@@ -110,7 +71,9 @@ def test_report_ratios_targets_and_scaling():
     big = SizeResult(size=Size(10_000, 1000, "10k:1k"), interactions=10_000, users=400, items=1000)
     big.models = [_result("CMI", 100, 100, rows=100_000), _result("SASRec", 100, 50, rows=100_000)]
     big.models.append(ModelResult(model="GRU4Rec", size="10k:1k", error="RuntimeError: out of memory"))
-    text = speed.format_report([small, big], args, _machine(), "python -m recbole_cmi.benchmark speed", "now", 60)
+    text = speed.format_report([small, big], args, _environment(), "python -m recbole_cmi.benchmark speed", "now", 60)
+    assert "-:|" in text and "|:-" in text  # numbers right-aligned, names left
+    text = unpadded(text)
 
     assert "| CMI | 0 | 400 | 25.0 | 0.25x | 100 | 1.00x |" in text  # 4x SASRec's speed: a quarter of its epoch
     assert "| 1k:1k | CMI | 0.25x met | 0.50x met | 1.00x met |" in text
@@ -118,7 +81,8 @@ def test_report_ratios_targets_and_scaling():
     assert "| GRU4Rec | failed: RuntimeError: out of memory |" in text
     # us/sample 2500 -> 10000: the epoch grows 40x for 10x the rows.
     assert "| CMI | 2,500.0 | 10,000.0 | 4.00 |" in text
-    assert "test CPU, 2 of 2 logical CPUs usable; torch threads: 2; no GPU" in text
+    assert "- Machine: test CPU, 2 of 2 logical CPUs usable, torch threads 2, memory 8 GiB; no GPU; Linux" in text
+    assert "- Versions: recbole_cmi 0, recbole 1.2.1, torch 2, numpy 2, pandas 2, python 3" in text
 
 
 def test_write_report_keeps_the_hand_written_part(tmp_path):
@@ -161,7 +125,7 @@ def test_unknown_model_is_a_one_line_error(capsys):
     assert len(err) == 1 and "unknown model 'NoSuchModel'" in err[0]
 
 
-def test_tiny_benchmark_run(tmp_path):
+def test_tiny_benchmark_run(tmp_path, capsys):
     out, raw = tmp_path / "speed.md", tmp_path / "speed.json"
     argv = [
         "--sizes", "3k:300", "--models", "CMI,SASRec,GRU4Rec,CMI:sparse_item_updates=True", "--steps", "2",
@@ -171,8 +135,13 @@ def test_tiny_benchmark_run(tmp_path):
         "--out", str(out), "--json", str(raw),
     ]  # fmt: skip
     assert speed.main(argv) == 0
+    # One line per finished model on stdout, before the report.
+    finished = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[3k:300] ")]
+    models = [line.removeprefix("[3k:300] ").split(": ")[0] for line in finished]
+    assert models == ["CMI", "SASRec", "GRU4Rec", "CMI:sparse_item_updates=True"]
+    assert all(" samples/s (" in line and " MB eval" in line for line in finished), finished
 
-    text = out.read_text()
+    text = unpadded(out.read_text())
     assert "python -m recbole_cmi.benchmark speed --sizes 3k:300 --models CMI,SASRec,GRU4Rec,CMI:sparse" in text
     assert "## Results at 3k:300" in text
     assert "## Profile of CMI:sparse_item_updates=True's training step at 3k:300" in text
@@ -181,6 +150,7 @@ def test_tiny_benchmark_run(tmp_path):
     assert "| 3k:300 | CMI | " in text and "| 3k:300 | CMI:sparse_item_updates=True | " in text
     assert "| SASRec |" in text and "1.00x |" in text and text.rstrip().endswith(REPORT_END_MARKER)
     payload = json.loads(raw.read_text())
+    assert set(payload["machine"]) >= {"cpu", "usable_cpus", "gpu"} and "torch" in payload["versions"]
     (size,) = payload["sizes"]
     assert size["interactions"] > 2900 and size["items"] <= 300
     assert [m["model"] for m in size["models"]] == ["CMI", "SASRec", "GRU4Rec", "CMI:sparse_item_updates=True"]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_SETTINGS, call, verb
+from conftest import TINY_SETTINGS, call, unpadded, verb
 from recbole.data.interaction import Interaction
 
 from recbole_cmi.errors import ConfigValueError
@@ -101,7 +101,7 @@ def test_inspect_writes_the_report_and_its_pngs(cmi_checkpoint, tmp_path):
     out = tmp_path / "report"
     status, stdout, stderr = call(verb("inspect"), ["--checkpoint", cmi_checkpoint, "--out", str(out), "--users", "2"])
     assert status == 0, stderr
-    report = (out / "report.md").read_text(encoding="utf-8")
+    report = unpadded((out / "report.md").read_text(encoding="utf-8"))
     for name in ("usage", "confusion", "pca", "users"):
         assert (out / f"{name}.png").read_bytes().startswith(PNG)
         assert f"]({name}.png)" in report

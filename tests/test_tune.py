@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, TINY_SETTINGS
+from conftest import REPO_ROOT, TINY_SETTINGS, unpadded
 
 from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.tune import SearchSettings, parse_hyper_file, parse_hyper_text, run_search, to_search_space
@@ -388,5 +388,11 @@ def test_a_stopped_search_report_says_why_it_has_no_best_trial():
     stopped = TrialRow("a_00001", {"m": 2}, None, None, None, "not started", rank=2)
     text = trials_markdown(plan, [done, stopped], None, None, {})
     assert "No best trial yet: 1 of 2 trials did not finish" in text and "`--resume` continues it" in text
+    table = [line for line in unpadded(text).splitlines() if line.startswith("|")]
+    assert table[0] == "| rank | trial | status | m | valid ndcg@20 | best epoch | epochs | error |"
+    assert table[2:] == [
+        "| 1 | a_00000 | completed | 1 | 0.25 | 1 | 2 | |",
+        "| 2 | a_00001 | not started | 2 | | | | |",
+    ]
     failed = TrialRow("a_00000", {"m": 1}, None, None, 1, "error", error="boom", rank=1)
     assert "no trial finished with a validation score" in trials_markdown(plan, [failed], None, None, {})

@@ -63,10 +63,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -89,7 +87,9 @@ from recbole_cmi.cli import (
     run_cli,
 )
 from recbole_cmi.errors import ConfigValueError, RecboleCmiError
-from recbole_cmi.tune.report import write_json
+from recbole_cmi.files import plain, write_json
+from recbole_cmi.machine import describe_environment
+from recbole_cmi.memory import cuda_peak_mib, peak_rss_mib
 
 DEFAULT_MODELS = ("CMI", "SASRec", "GRU4Rec", "ComiRecSA", "ComiRecDR", "CL4SRec")
 FIRST_SEED = 2022
@@ -519,7 +519,7 @@ def run_one(
     row["config_sha"] = sha
     if tuned:
         row["tuned_file"] = _display_path(tuned[0])
-        row["tuned_values"] = json.dumps(report.plain(tuned[1]), separators=(", ", ": "))
+        row["tuned_values"] = json.dumps(plain(tuned[1]), separators=(", ", ": "))
         row["tuned_sha"] = tuned[2]
     command = [sys.executable, "-m", "recbole_cmi.benchmark", "accuracy", f"--run_spec={spec_path}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -683,48 +683,11 @@ def report_meta(settings: BenchmarkSettings, models: list[str], seeds: list[int]
         "config_files": list(settings.config_files),
         "command": settings.command or "(run from Python: recbole_cmi.benchmark.accuracy.run_benchmark)",
         "note": settings.note,
-        "versions": package_versions(),
-        "machine": machine(),
+        **describe_environment(),
         "csv_name": Path(csv_path).name,
         "tuned": _display_path(tuned_dir(settings.tuned) / settings.dataset) if settings.tuned else None,
         "conventions": settings.conventions,
     }
-
-
-def package_versions() -> dict:
-    import recbole_cmi
-
-    versions = {"recbole_cmi": recbole_cmi.__version__}
-    for name in ("recbole", "torch", "numpy", "pandas"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    versions["python"] = platform.python_version()
-    return versions
-
-
-def machine() -> dict:
-    info = {"nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
-    info["cpu"] = _cpu_model()
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                info["memory"] = f"{int(line.split()[1]) / 1024**2:.0f} GiB"
-                break
-    import torch
-
-    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    info["os"] = platform.platform(terse=True)
-    return info
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------- one run (in the subprocess)
@@ -888,26 +851,6 @@ def ranking_convention(trainer, eval_data, exclude: bool):
         yield
     finally:
         trainer.config["exclude_history_items"] = before
-
-
-def peak_rss_mib() -> float | None:
-    """This process's peak resident set size in MiB (None where ``resource`` is missing: Windows)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024**2 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
-
-
-def cuda_peak_mib(device) -> float | None:
-    """``torch.cuda.max_memory_allocated`` in MiB when ``device`` is a GPU, else None."""
-    import torch
-
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    return round(torch.cuda.max_memory_allocated(device) / 1024**2, 1)
 
 
 def _load_average() -> str:

@@ -9,7 +9,8 @@ about a minute on two CPU cores::
     python -m recbole_cmi benchmark anomaly --users 0        # all 2000 users
 
 After one untimed warm-up epoch, epochs alternate off/on ``--repeats`` times (the same model keeps
-training, so every timed epoch does the same work); the median of each mode is printed.
+training, so every timed epoch does the same work); each timed epoch prints one line as it ends, then the
+median of each mode is printed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from recbole_cmi.benchmark.measure import say_finished
 from recbole_cmi.cli import OneLineArgumentParser, run_cli
 from recbole_cmi.paths import bundled_dataset_dir
 
@@ -79,6 +81,9 @@ def measure(args) -> int:
                 start = time.perf_counter()
                 trainer._train_epoch(train_data, epoch)
                 times[mode].append(time.perf_counter() - start)
+                say_finished(
+                    f"[anomaly] epoch {epoch}, anomaly mode {'on' if mode else 'off'}: {times[mode][-1]:.2f} s"
+                )
                 epoch += 1
         torch.autograd.set_detect_anomaly(False)
 

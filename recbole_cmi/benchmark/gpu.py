@@ -4,7 +4,7 @@
 (``scripts/gpu_check.sh`` runs it unattended with a time limit).
 
 Data: the vectorised micro-video generator of the speed benchmark
-(:func:`recbole_cmi.benchmark.speed.fast_generate`) sized like MicroLens-50k after its 5-core filter
+(:func:`recbole_cmi.data.synthetic.generate` with ``fast=True``) sized like MicroLens-50k after its 5-core filter
 (332,730 interactions over 14,079 items, ~46k users, mean history 7.2, histories cut at 20 items), written to a
 temporary folder and loaded by RecBole once (leave-one-out split, prefix expansion); nothing is downloaded.
 
@@ -23,6 +23,7 @@ For every model, with the same seed, batch size and ``d``, the check
 Without CUDA it says so and does a dry run of the same code on the CPU with small data (``--interactions``,
 ``--items``): "CUDA" is then the CPU and AMP is bfloat16 autocast, so the numbers only show that the check runs;
 the report goes to a temporary file unless ``--out`` is given, so ``results/gpu.md`` keeps only real GPU runs.
+Each finished epoch run and each agreement check prints one line to stdout.
 """
 
 from __future__ import annotations
@@ -38,14 +39,17 @@ from pathlib import Path
 from recbole_cmi.benchmark.measure import (
     REPORT_END_MARKER,
     BuiltOnce,
-    PeakMemory,
+    _mb,
+    _say,
     _synchronize,
-    fast_generate,
-    machine_description,
+    say_finished,
     write_report,
 )
 from recbole_cmi.cli import OneLineArgumentParser, run_cli
-from recbole_cmi.data.synthetic import SyntheticConfig, write_atomic
+from recbole_cmi.data.synthetic import SyntheticConfig, generate, write_atomic
+from recbole_cmi.machine import describe_environment, machine_text, versions_text
+from recbole_cmi.markdown import markdown_table
+from recbole_cmi.memory import PeakMemory
 
 DATASET = "microlens_synthetic"
 DEFAULT_MODELS = ("CMI", "SASRec", "ComiRecSA")
@@ -87,7 +91,7 @@ def generate_data(args, folder: Path) -> dict:
         n_users=1, n_items=args.items, n_categories=16, min_len=5, max_len=min(166, args.items // 2), mean_len=7.2
     )
     start = time.perf_counter()
-    data = fast_generate(cfg, args.interactions)
+    data = generate(cfg, fast=True, n_interactions=args.interactions)
     write_atomic(data, folder / DATASET, DATASET)
     return {"interactions": len(data.users), "users": int(data.users.max()), "seconds": time.perf_counter() - start}
 
@@ -187,10 +191,6 @@ def ddp_two_gpus(name: str, args, data_path: str) -> dict:
     }
 
 
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def run_check(args) -> dict:
     import torch
 
@@ -218,7 +218,7 @@ def run_check(args) -> dict:
                 except (RuntimeError, ValueError) as err:  # e.g. an op without float16 support: report, go on
                     first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
                     outcome["rows"].append({"model": name, "amp": amp, "error": f"{type(err).__name__}: {first}"})
-                _say(f"{name} amp={amp}: {outcome['rows'][-1]}")
+                say_finished(_run_line(outcome["rows"][-1]))
             if False in runs:
                 trainer, test_data = runs[False]["trainer"], runs[False]["test_data"]
                 reference = full_sort_scores(trainer, test_data, args.agree_users, device)
@@ -227,23 +227,50 @@ def run_check(args) -> dict:
                 outcome["agreement"].append(
                     {"model": name, "cpu": agreement(reference, on_cpu), "autocast": agreement(reference, autocast)}
                 )
-                _say(f"{name} agreement: {outcome['agreement'][-1]}")
+                say_finished(_agreement_line(outcome["agreement"][-1]))
         if outcome["gpus"] >= 2:
             outcome["ddp"] = ddp_two_gpus("SASRec", args, tmp)
-            _say(f"DDP: {outcome['ddp']}")
+            ddp = outcome["ddp"]
+            say_finished(
+                f"[gpu] {ddp['model']} DDP on 2 GPUs: {ddp['wall_seconds']:.1f} s, "
+                + ", ".join(f"test {m} {ddp[m]:.4f}" for m in METRICS)
+            )
     return outcome
+
+
+def _run_line(row: dict) -> str:
+    """One finished (or failed) epoch run in a line."""
+    head = f"[gpu] {row['model']} AMP {'on' if row['amp'] else 'off'}"
+    if "error" in row:
+        return f"{head}: failed: {row['error']}"
+    return (
+        f"{head}: {_num(row['epoch_seconds'])} s/epoch, eval {_num(_users_per_s(row), 0)} users/s, peak CUDA "
+        f"{_mb(row['train_cuda_peak'])} / {_mb(row['eval_cuda_peak'])} MB, "
+        + ", ".join(f"test {m} {row[m]:.4f}" for m in METRICS)
+    )
+
+
+def _agreement_line(item: dict) -> str:
+    cpu, amp = item["cpu"], item["autocast"]
+    return (
+        f"[gpu] {item['model']} agreement: CPU vs CUDA max diff {cpu['max_score_diff']:.2e}, top-20 overlap "
+        f"{cpu['top20_overlap']:.4f}; autocast vs fp32 max diff {amp['max_score_diff']:.2e}, top-20 overlap "
+        f"{amp['top20_overlap']:.4f}"
+    )
+
+
+def _users_per_s(row: dict) -> float | None:
+    return row["eval_users"] / row["eval_seconds"] if row["eval_seconds"] else None
 
 
 def _num(value, digits=1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def _mb(value) -> str:
-    return "-" if value is None else f"{value / 2**20:,.0f}"
-
-
-def format_report(outcome: dict, args, machine: dict, command: str, wall: float) -> str:
+def format_report(outcome: dict, args, environment: dict, command: str, wall: float) -> str:
+    """The report; ``environment``: :func:`recbole_cmi.machine.describe_environment`'s dict."""
     cuda = outcome["cuda"]
+    machine = environment["machine"]
     data = outcome["data"]
     lines = [
         "# GPU check" if cuda else "# GPU check: dry run on the CPU (no CUDA device found)",
@@ -251,8 +278,8 @@ def format_report(outcome: dict, args, machine: dict, command: str, wall: float)
         f"Generated by `{command}` in {wall:,.0f} s.",
         "",
         f"- device: {machine['gpu'] or 'none (CPU: ' + machine['cpu'] + ')'}; GPUs: {outcome['gpus']}",
-        f"- versions: Python {machine['python']}, torch {machine['torch']}, RecBole {machine['recbole']}, "
-        f"NumPy {machine['numpy']}, pandas {machine['pandas']}; {machine['os']}",
+        f"- machine: {machine_text(machine)}",
+        f"- versions: {versions_text(environment['versions'])}",
         f"- data: synthetic, {data['interactions']:,} interactions, {data['users']:,} users, {args.items:,} items "
         f"(generated in {data['seconds']:.1f} s, loaded and split by RecBole in {data['load_seconds']:.1f} s); "
         f"batch {args.batch_size}, d = {args.d}, history <= 20, seed {args.seed}",
@@ -265,38 +292,35 @@ def format_report(outcome: dict, args, machine: dict, command: str, wall: float)
             "how fast a GPU is.",
             "",
         ]
-    lines += [
-        "| model | AMP | s/epoch | train rows | eval users/s | peak CUDA MB (train / eval) | "
-        + " | ".join(f"test {m}" for m in METRICS)
-        + " |",
-        "|---" * (6 + len(METRICS)) + "|",
-    ]
+    header = ["model", "AMP", "s/epoch", "train rows", "eval users/s", "peak CUDA MB (train / eval)"]
+    header += [f"test {m}" for m in METRICS]
+    rows = []
     for row in outcome["rows"]:
         if "error" in row:
-            lines.append(f"| {row['model']} | {'on' if row['amp'] else 'off'} | failed: {row['error']} |")
+            rows.append([row["model"], "on" if row["amp"] else "off", f"failed: {row['error']}"])
             continue
-        users_per_s = row["eval_users"] / row["eval_seconds"] if row["eval_seconds"] else None
-        lines.append(
-            f"| {row['model']} | {'on' if row['amp'] else 'off'} | {_num(row['epoch_seconds'])} | "
-            f"{row['train_rows']:,} | {_num(users_per_s, 0)} | {_mb(row['train_cuda_peak'])} / "
-            f"{_mb(row['eval_cuda_peak'])} | " + " | ".join(f"{row[m]:.4f}" for m in METRICS) + " |"
+        rows.append(
+            [row["model"], "on" if row["amp"] else "off", _num(row["epoch_seconds"]), f"{row['train_rows']:,}"]
+            + [_num(_users_per_s(row), 0), f"{_mb(row['train_cuda_peak'])} / {_mb(row['eval_cuda_peak'])}"]
+            + [f"{row[m]:.4f}" for m in METRICS]
         )
+    lines.append(markdown_table(header, rows))
     lines += [
         "",
         f"Agreement of the fp32-trained model's full-sort scores on the first {args.agree_users} test users "
         "(same weights; max |score difference| over finite scores, mean overlap of the top-20 lists):",
         "",
-        "| model | CPU vs CUDA: max diff | CPU vs CUDA: top-20 overlap | autocast vs fp32: max diff | "
-        "autocast vs fp32: top-20 overlap |",
-        "|---|---|---|---|---|",
     ]
+    header = ["model", "CPU vs CUDA: max diff", "CPU vs CUDA: top-20 overlap", "autocast vs fp32: max diff"]
+    header += ["autocast vs fp32: top-20 overlap"]
+    rows = []
     for item in outcome["agreement"]:
         cpu, amp = item["cpu"], item["autocast"]
-        lines.append(
-            f"| {item['model']} | {cpu['max_score_diff']:.2e} | {cpu['top20_overlap']:.4f} | "
-            f"{amp['max_score_diff']:.2e} | {amp['top20_overlap']:.4f} |"
+        rows.append(
+            [item["model"], f"{cpu['max_score_diff']:.2e}", f"{cpu['top20_overlap']:.4f}"]
+            + [f"{amp['max_score_diff']:.2e}", f"{amp['top20_overlap']:.4f}"]
         )
-    lines.append("")
+    lines += [markdown_table(header, rows), ""]
     if outcome["ddp"]:
         ddp = outcome["ddp"]
         one = next((r for r in outcome["rows"] if r["model"] == ddp["model"] and not r["amp"] and "error" not in r), {})
@@ -344,9 +368,9 @@ def main(argv=None) -> int:
             out = Path("results/gpu.md") if cuda else Path(tempfile.gettempdir()) / "recbole_cmi_gpu_dry_run.md"
         start = time.perf_counter()
         outcome = run_check(args)
-        machine = machine_description(torch.cuda.get_device_name(0) if cuda else None)
+        environment = describe_environment(gpu=cuda)
         command = "python -m recbole_cmi.benchmark gpu " + " ".join(shlex.quote(a) for a in argv)
-        text = format_report(outcome, args, machine, command.strip(), time.perf_counter() - start)
+        text = format_report(outcome, args, environment, command.strip(), time.perf_counter() - start)
         write_report(out, text)
         print(text.split(REPORT_END_MARKER)[0])
         print(f"report: {out}")

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from recbole_cmi.files import atomic_open, write_text
-from recbole_cmi.tune.report import plain
+from recbole_cmi.files import atomic_open, plain, write_text
+from recbole_cmi.machine import machine_text, versions_text
+from recbole_cmi.markdown import markdown_table
 
 # Config values each run records as its config resolved them (model and dataset yaml included).
 RESOLVED_CONFIG_KEYS = (
@@ -240,7 +241,7 @@ def results_table(summaries: list[ModelSummary], metrics: list[str] | None, topk
     header = ["model", *(metric_label(k) for k in keys), "epochs run", "best epoch", "at cap"]
     header += ["train s/epoch", "eval s"]
     header += ["peak RSS MiB", *(["peak CUDA MiB"] if cuda else []), "runs ok"]
-    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    rows = []
     metric_cells = bold_best_cells(summaries, keys)
     for s in summaries:
         cells = [s.model, *metric_cells[s.model]]
@@ -254,8 +255,8 @@ def results_table(summaries: list[ModelSummary], metrics: list[str] | None, topk
             *([format_mean_std(s.cuda_peak, 0)] if cuda else []),
             f"{s.ok}/{s.runs}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        rows.append(cells)
+    return markdown_table(header, rows, "l" + "r" * (len(header) - 1)).split("\n")
 
 
 def bold_best_cells(summaries: list[ModelSummary], keys: list[str]) -> dict[str, list[str]]:
@@ -357,9 +358,8 @@ def paired_section(rows: list[dict], models: list[str], keys: list[str], valid_m
         "that the two are equal."
         + (f" {metric_label(valid)} is the validation metric (test values here)." if valid in keys else ""),
         "",
-        f"| baseline | metric | mean difference ({reference} − baseline) | n | p (two-sided) |",
-        "|---|---|---:|---:|---|",
     ]
+    cells = []
     for baseline in models:
         if baseline == reference:
             continue
@@ -368,8 +368,9 @@ def paired_section(rows: list[dict], models: list[str], keys: list[str], valid_m
             test = paired_t_test(ours, theirs)
             diff = "–" if test.mean_diff is None else f"{test.mean_diff:+.4f}"
             p = test.note if test.p_value is None else format_p(test.p_value)
-            lines.append(f"| {baseline} | {metric_label(key)} | {diff} | {test.n} | {p} |")
-    return lines
+            cells.append([baseline, metric_label(key), diff, test.n, p])
+    header = ["baseline", "metric", f"mean difference ({reference} − baseline)", "n", "p (two-sided)"]
+    return lines + markdown_table(header, cells, "llrrl").split("\n")
 
 
 # ---------------------------------------------------------------- chart
@@ -487,11 +488,9 @@ def conventions_section(rows: list[dict], models: list[str]) -> list[str]:
         f"Validation, early stopping and the checkpoint followed the configured convention ({', '.join(headline)}: "
         "the main table above). Mean ± sample std over seeds; best mean per column in bold.",
         "",
-        "| model | " + " | ".join(header) + " |",
-        "|---" + "|---:" * len(header) + "|",
     ]
-    for s in summaries[True]:
-        lines.append(f"| {s.model} | " + " | ".join(cells[True][s.model] + cells[False][s.model]) + " |")
+    table = [[s.model, *cells[True][s.model], *cells[False][s.model]] for s in summaries[True]]
+    lines += markdown_table(["model", *header], table, "l" + "r" * len(header)).split("\n")
     reference = reference_model([s.model for s in summaries[True]])
     baselines = [s.model for s in summaries[True] if s.model != reference]
     paired_metrics = [key for key in MAIN_METRICS if key in keys]
@@ -501,9 +500,8 @@ def conventions_section(rows: list[dict], models: list[str]) -> list[str]:
         "",
         f"Paired by seed ({reference} − baseline; two-sided paired t-test, `scipy.stats.ttest_rel`):",
         "",
-        "| baseline | metric | excl.: mean difference | n | p | ranked: mean difference | n | p |",
-        "|---|---|---:|---:|---|---:|---:|---|",
     ]
+    table = []
     for baseline in baselines:
         for key in paired_metrics:
             cells_of_pair = []
@@ -512,8 +510,9 @@ def conventions_section(rows: list[dict], models: list[str]) -> list[str]:
                 test = paired_t_test(ours, theirs)
                 diff = "–" if test.mean_diff is None else f"{test.mean_diff:+.4f}"
                 cells_of_pair += [diff, str(test.n), test.note if test.p_value is None else format_p(test.p_value)]
-            lines.append(f"| {baseline} | {metric_label(key)} | " + " | ".join(cells_of_pair) + " |")
-    return lines
+            table.append([baseline, metric_label(key), *cells_of_pair])
+    header = ["baseline", "metric", "excl.: mean difference", "n", "p", "ranked: mean difference", "n", "p"]
+    return lines + markdown_table(header, table, "llrrlrrl").split("\n")
 
 
 # ---------------------------------------------------------------- validation curves
@@ -603,10 +602,8 @@ def curves_section(rows: list[dict], models: list[str], image: str | None) -> li
         "wall-clock, so other processes on the machine slow a run down); the circle marks the best epoch, the "
         "checkpoint that was tested. Every run's curve is in the csv (`valid_curve`).",
         "",
-        f"| model | seed | epochs run | best epoch | best valid {label} | train s to best epoch | train s in all | "
-        "ended by |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
+    table = []
     for row in picked:
         curve = run_curve(row)
         best = _best_point(curve)
@@ -615,8 +612,10 @@ def curves_section(rows: list[dict], models: list[str], image: str | None) -> li
         score = "–" if best is None or best[2] is None else f"{best[2]:.4f}"
         cells = [row["model"], row["seed"], row.get("epochs_run", ""), "–" if best is None else best[0], score]
         cells += [at_best, f"{curve['train_s'][-1]:.1f}", ended]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return lines
+        table.append(cells)
+    header = ["model", "seed", "epochs run", "best epoch", f"best valid {label}", "train s to best epoch"]
+    header += ["train s in all", "ended by"]
+    return lines + markdown_table(header, table, "lrrrrrrl").split("\n")
 
 
 # ---------------------------------------------------------------- tuned values
@@ -640,7 +639,7 @@ def tuned_section(rows: list[dict], models: list[str], tuned: str | None) -> lis
             "Runs read the package's tuned layer (`properties/tuned/<dataset>/<Model>.yaml`, each file's header "
             "names the search that produced it) where one exists; the other models ran their published defaults."
         )
-    lines = ["## Tuned values", "", intro, "", "| model | tuned file | values | runs |", "|---|---|---|---:|"]
+    table = []
     for model in order:
         runs = [row for row in finished if row["model"] == model]
         variants: dict[tuple, int] = {}
@@ -651,8 +650,9 @@ def tuned_section(rows: list[dict], models: list[str], tuned: str | None) -> lis
         name = f"{model} (`{variant}`)" if variant and variant != model else model  # a variant's own settings
         for (path, values), count in variants.items():
             shown = _tuned_values_text(values) if path else "– (published defaults)"
-            lines.append(f"| {_md_text(name)} | {_md_text(path) if path else '–'} | {_md_text(shown)} | {count} |")
-    return lines
+            table.append([name, path or "–", shown, count])
+    table_text = markdown_table(["model", "tuned file", "values", "runs"], table, "lllr")
+    return ["## Tuned values", "", intro, "", *table_text.split("\n")]
 
 
 def _tuned_values_text(values: str) -> str:
@@ -663,10 +663,6 @@ def _tuned_values_text(values: str) -> str:
     if not isinstance(mapping, dict):
         return values
     return ", ".join(f"{key}: {value}" for key, value in mapping.items()) or "(empty file)"
-
-
-def _md_text(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def write_report(
@@ -777,13 +773,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     ]
     if meta.get("dataset_stats"):
         stats = meta["dataset_stats"]
-        lines += [
-            "| dataset | users | items | interactions | valid users | test users |",
-            "|---|---:|---:|---:|---:|---:|",
-            f"| {meta['dataset']} | {stats.get('n_users', '')} | {stats.get('n_items', '')} | "
-            f"{stats.get('n_interactions', '')} | {stats.get('n_valid_users', '')} | {stats.get('n_test_users', '')} |",
-            "",
-        ]
+        keys = ("n_users", "n_items", "n_interactions", "n_valid_users", "n_test_users")
+        header = ["dataset", "users", "items", "interactions", "valid users", "test users"]
+        lines += [markdown_table(header, [[meta["dataset"], *(stats.get(key, "") for key in keys)]], "lrrrrr"), ""]
     lines += ["## Test results", ""]
     lines += results_table(summaries, meta.get("metrics"), topk) if summaries else ["No run has finished yet."]
     if meta.get("chart_name"):
@@ -802,14 +794,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
             lines += ["", *section]
     failed = [row for row in rows if row.get("status") != "ok"]
     if failed:
-        lines += ["", "## Failed runs", "", "| model | seed | error |", "|---|---:|---|"]
-        lines += [f"| {r['model']} | {r['seed']} | {_md_text(r.get('error', ''))} |" for r in failed]
+        table = [[r["model"], r["seed"], r.get("error", "")] for r in failed]
+        lines += ["", "## Failed runs", "", markdown_table(["model", "seed", "error"], table, "lrl")]
     resolved = _resolved_settings(rows)
     if resolved:
         lines += ["", "## Per-model settings (resolved, from the runs)", ""]
-        lines += ["| model | learning_rate | loss_type | embedding_size | hidden_size | MAX_ITEM_LIST_LENGTH | "
-                  "train_batch_size | device |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        lines += [f"| {model} | " + " | ".join(_md_text(v) for v in values) + " |" for model, values in resolved]
+        lines.append(markdown_table(["model", *RESOLVED_TABLE_KEYS], [[model, *values] for model, values in resolved]))
     lines += [
         "",
         "## Reproduce",
@@ -840,9 +830,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines += [
         "## Environment",
         "",
-        "- packages: " + ", ".join(f"{name} {version}" for name, version in meta["versions"].items()),
-        "- machine: " + "; ".join(f"{key}: {value}" for key, value in meta["machine"].items()),
-        *_load_line(rows, meta["machine"].get("nproc")),
+        f"- packages: {versions_text(meta['versions'])}",
+        f"- machine: {machine_text(meta['machine'])}",
+        *_load_line(rows, meta["machine"].get("usable_cpus")),
         f"- written: {meta['written']}; per-run numbers: `{meta['csv_name']}`",
         "",
     ]
@@ -870,7 +860,7 @@ def _setting(shared: dict, rows: list[dict], key: str):
     return " / ".join(values) if values else "?"
 
 
-def _load_line(rows: list[dict], nproc) -> list[str]:
+def _load_line(rows: list[dict], usable_cpus) -> list[str]:
     loads = []
     for row in rows:
         parts = str(row.get("loadavg") or "").split()
@@ -879,17 +869,19 @@ def _load_line(rows: list[dict], nproc) -> list[str]:
     if not loads:
         return []
     return [
-        f"- load: the 15-minute load average when a run ended was {min(loads):.1f} to {max(loads):.1f} on {nproc} "
-        "usable cores (timings are wall-clock: above the core count, other processes shared the CPU)"
+        f"- load: the 15-minute load average when a run ended was {min(loads):.1f} to {max(loads):.1f} on "
+        f"{usable_cpus} usable cores (timings are wall-clock: above the core count, other processes shared the CPU)"
     ]
 
 
+RESOLVED_TABLE_KEYS = ("learning_rate", "loss_type", "embedding_size", "hidden_size", "MAX_ITEM_LIST_LENGTH",
+                       "train_batch_size", "device")  # fmt: skip
+
+
 def _resolved_settings(rows: list[dict]) -> list[tuple[str, list]]:
-    keys = ["learning_rate", "loss_type", "embedding_size", "hidden_size", "MAX_ITEM_LIST_LENGTH",
-            "train_batch_size", "device"]  # fmt: skip
     out, seen = [], set()
     for row in rows:
         if row.get("status") == "ok" and row["model"] not in seen:
             seen.add(row["model"])
-            out.append((row["model"], [row.get(k, "") for k in keys]))
+            out.append((row["model"], [row.get(k, "") for k in RESOLVED_TABLE_KEYS]))
     return out

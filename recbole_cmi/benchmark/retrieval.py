@@ -6,7 +6,7 @@
 
 For every catalogue size N, in one process and on ``--threads`` threads (default 1, torch and faiss alike):
 
-1. a synthetic log (:func:`recbole_cmi.benchmark.speed.fast_generate`, 16 latent categories with Zipf
+1. a synthetic log (:func:`recbole_cmi.data.synthetic.generate`, ``fast=True``, 16 latent categories with Zipf
    popularity) of ``--retrieval-interactions`` interactions, and an item file listing all N items, so the
    catalogue holds N items although most of them never occur in the log (a long tail, as in a real catalogue);
    loaded once by RecBole (leave-one-out, history items excluded from the ranking);
@@ -21,6 +21,8 @@ For every catalogue size N, in one process and on ``--threads`` threads (default
    the evaluation time per user (build excluded: it is paid once per evaluation), the peak resident memory
    above the level before the build (index and evaluation), Recall@50 and NDCG@20 of the same checkpoint, and
    the top-50 overlap: the share of the exact top-50 that faiss returns, averaged over users.
+
+Each evaluation prints one line to stdout as it finishes.
 """
 
 from __future__ import annotations
@@ -143,9 +145,10 @@ def _overlap(found, exact) -> float:
 def bench_model(model_name: str, dataset, args, folder: Path, label: str, n_items: int) -> list[RetrievalResult]:
     from recbole.utils import init_seed
 
-    from recbole_cmi.benchmark.measure import PeakMemory, _release_memory, _train_step, common_config
+    from recbole_cmi.benchmark.measure import _train_step, common_config
     from recbole_cmi.config import Config
     from recbole_cmi.data.dataloader import data_preparation
+    from recbole_cmi.memory import PeakMemory, release_memory
     from recbole_cmi.retrieval import build_item_index
     from recbole_cmi.trainer import get_trainer
     from recbole_cmi.utils import get_model, train_batch_hooks
@@ -184,7 +187,7 @@ def bench_model(model_name: str, dataset, args, folder: Path, label: str, n_item
         if key != index_key:
             index, index_key = None, key
             trainer.item_index = None
-            _release_memory()
+            release_memory()
         with PeakMemory(config["device"]) as memory:
             if retrieval.mode == "faiss":
                 if index is None:
@@ -209,10 +212,10 @@ def _load_columns() -> dict:
 
 
 def _say_result(r: RetrievalResult) -> None:
-    from recbole_cmi.benchmark.measure import _mb, _say
+    from recbole_cmi.benchmark.measure import _mb, say_finished
 
     metrics = ", ".join(f"{k} {r.metrics.get(k, math.nan):.4f}" for k in ACCURACY_METRICS)
-    _say(
+    say_finished(
         f"[{r.catalogue}] {r.model} {r.retrieval}: build {r.build_seconds:.1f} s, {r.ms_per_user:.2f} ms/user over "
         f"{r.users} users, peak RSS +{_mb(r.peak_rss)} MB, {metrics}, top-{OVERLAP_K} overlap {r.overlap:.4f}"
     )
@@ -221,15 +224,16 @@ def _say_result(r: RetrievalResult) -> None:
 def run_catalogue(label: str, n_items: int, args, workdir: Path) -> list[RetrievalResult]:
     from recbole.utils import init_seed
 
-    from recbole_cmi.benchmark.measure import BuiltOnce, _release_memory, _say, common_config, fast_generate
+    from recbole_cmi.benchmark.measure import BuiltOnce, _say, common_config
     from recbole_cmi.config import Config
-    from recbole_cmi.data.synthetic import SyntheticConfig, write_atomic
+    from recbole_cmi.data.synthetic import SyntheticConfig, generate, write_atomic
+    from recbole_cmi.memory import release_memory
     from recbole_cmi.quick_start import create_dataset
 
     folder = workdir / f"catalogue_{label}"
     start = time.perf_counter()
     cfg = SyntheticConfig(n_users=1, n_items=n_items, n_categories=args.categories, seed=args.seed)
-    write_atomic(fast_generate(cfg, args.log_interactions), folder / "bench", "bench")
+    write_atomic(generate(cfg, fast=True, n_interactions=args.log_interactions), folder / "bench", "bench")
     config = Config(
         "SASRec", "bench", config_dict={**common_config(args, str(folder)), **_load_columns()}, read_argv=False
     )
@@ -243,21 +247,23 @@ def run_catalogue(label: str, n_items: int, args, workdir: Path) -> list[Retriev
     results = []
     for model_name in ("CMI", "SASRec"):
         results += bench_model(model_name, dataset, args, folder, label, dataset.item_num - 1)
-        _release_memory()
+        release_memory()
     return results
 
 
-def format_report(results: list[RetrievalResult], args, machine: dict, command: str, started: str, wall: float):
+def format_report(results: list[RetrievalResult], args, environment: dict, command: str, started: str, wall: float):
+    """The report; ``environment``: :func:`recbole_cmi.machine.describe_environment`'s dict."""
     from recbole_cmi.benchmark.measure import _mb
+    from recbole_cmi.machine import machine_text, versions_text
+    from recbole_cmi.markdown import markdown_table
 
     lines = [
         "# Retrieval benchmark: exact full sort against faiss",
         "",
         f"Generated by `{command}` ({started}, {wall / 60:.1f} min in all).",
         "",
-        f"- CPU: {machine['cpu']}; torch and faiss threads: {args.threads or 1}"
-        + (f"; GPU: {machine['gpu']}" if machine["gpu"] else "; no GPU")
-        + f"; torch {machine['torch']}, faiss {_faiss_version()}, RecBole {machine['recbole']}",
+        f"- Machine: {machine_text(environment['machine'])}; torch and faiss threads: {args.threads or 1}",
+        f"- Versions: {versions_text(environment['versions'])}, faiss {_faiss_version()}",
         f"- Data: a synthetic log of {args.log_interactions:,} interactions (`fast` generator, {args.categories} "
         f"latent categories, seed {args.seed}) over a catalogue of N items (an item file lists all of them; most "
         f"never occur in the log). d = {args.d}, MAX_ITEM_LIST_LENGTH {args.max_len}, {args.eval_batch_size} "
@@ -270,13 +276,13 @@ def format_report(results: list[RetrievalResult], args, machine: dict, command: 
         "peak RSS: rise above the level before the build. Recall@50 and NDCG@20 relative to the same model's "
         f"exact ranking; top-{OVERLAP_K} overlap: share of the exact top-{OVERLAP_K} that the retrieval returns.",
         "",
-        "| N | model | retrieval | build s | eval ms/user | vs SASRec exact | peak RSS MB | Recall@50 | NDCG@20 "
-        f"| Recall@50 vs exact | NDCG@20 vs exact | top-{OVERLAP_K} overlap |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    header = ["N", "model", "retrieval", "build s", "eval ms/user", "vs SASRec exact", "peak RSS MB", "Recall@50"]
+    header += ["NDCG@20", "Recall@50 vs exact", "NDCG@20 vs exact", f"top-{OVERLAP_K} overlap"]
+    rows = []
     for r in results:
         if r.error:
-            lines.append(f"| {r.catalogue} | {r.model} | {r.retrieval} | failed: {r.error} |")
+            rows.append([r.catalogue, r.model, r.retrieval, f"failed: {r.error}"])
             continue
         exact = next(x for x in results if x.catalogue == r.catalogue and x.model == r.model)
         sasrec = next((x for x in results if x.catalogue == r.catalogue and x.model == "SASRec"), None)
@@ -285,11 +291,12 @@ def format_report(results: list[RetrievalResult], args, machine: dict, command: 
         build = (
             "-" if r.retrieval == "exact" else "same index" if math.isnan(r.build_seconds) else f"{r.build_seconds:.1f}"
         )
-        lines.append(
-            f"| {r.catalogue} ({r.items:,}) | {r.model} | {r.retrieval} | {build} | "
-            f"{r.ms_per_user:.2f} | {vs_sasrec:.2f}x | {_mb(r.peak_rss)} | {r.metrics.get('recall@50', math.nan):.4f} "
-            f"| {r.metrics.get('ndcg@20', math.nan):.4f} | {ratios[0]} | {ratios[1]} | {r.overlap:.4f} |"
+        rows.append(
+            [f"{r.catalogue} ({r.items:,})", r.model, r.retrieval, build, f"{r.ms_per_user:.2f}", f"{vs_sasrec:.2f}x"]
+            + [_mb(r.peak_rss), f"{r.metrics.get('recall@50', math.nan):.4f}"]
+            + [f"{r.metrics.get('ndcg@20', math.nan):.4f}", ratios[0], ratios[1], f"{r.overlap:.4f}"]
         )
+    lines.append(markdown_table(header, rows, "lll" + "r" * 9))
     return "\n".join(lines) + "\n"
 
 
@@ -314,7 +321,8 @@ def run(args, argv) -> int:
 
     import torch
 
-    from recbole_cmi.benchmark.measure import _say, machine_description, write_report
+    from recbole_cmi.benchmark.measure import _say, write_report
+    from recbole_cmi.machine import describe_environment
     from recbole_cmi.retrieval import import_faiss
 
     faiss = import_faiss()
@@ -332,7 +340,7 @@ def run(args, argv) -> int:
         finally:
             os.chdir(cwd)
     report = format_report(
-        results, args, machine_description(args.gpu_id), command, started, time.perf_counter() - begin
+        results, args, describe_environment(gpu=bool(args.gpu_id)), command, started, time.perf_counter() - begin
     )
     print(report)
     out = Path(args.out).resolve()

@@ -6,8 +6,9 @@
 For every size ``<interactions>:<items>`` (``k``/``m`` suffixes; e.g. ``5m:1m``) the benchmark, in one process:
 
 1. generates a synthetic micro-video log with that many interactions over that many items into a temporary
-   folder (:func:`fast_generate`, a vectorised variant of :func:`recbole_cmi.data.synthetic.generate`; see
-   below) and loads it once through RecBole (atomic files, leave-one-out split, all-prefix expansion);
+   folder (:func:`recbole_cmi.data.synthetic.generate`'s fast mode, ``fast=True``, whose module docstring
+   says how it differs from the exact one) and loads it once through RecBole (atomic files, leave-one-out
+   split, all-prefix expansion);
 2. for every model, with the same batch size, maximum history length and d (``embedding_size`` =
    ``hidden_size``), and the same ``num_interest`` for every multi-interest model: builds the model and
    RecBole's/our trainer, then runs ``--warmup`` untimed and ``--steps`` timed training steps on batches of
@@ -43,13 +44,10 @@ score all 1M items per training row, and evaluation holds an ``eval_batch_size x
 (256 x 1M floats = 1 GB) whatever the model; CMI's and ComiRec's ``score_chunk_size`` bounds their extra
 ``batch x interests x chunk`` intermediate (``--score-chunk-size 0`` turns chunking off, to measure it).
 
-The fast generator keeps the simulation of the exact one (latent categories with Zipf popularity inside each,
-2..``max_interests`` interests per user with Dirichlet weights, geometric sessions inside one interest,
-``explore`` random categories, no repeated item per user, timestamps over ``n_days``) but draws everything
-with whole-array NumPy operations, so its output is not the same sample as ``generate``'s, and it omits the
-slow interest drift (``drift``). ``generate`` draws each item with a ``choice`` over its category's popularity
-vector, which costs O(items per category) per draw: hours at 5M interactions over 1M items; the fast one
-takes seconds. ``--generator exact`` uses ``generate`` (with ``n_users`` derived from the size).
+``--generator exact`` uses the exact mode of ``generate`` instead (with ``n_users`` derived from the size;
+hours at 5M interactions over 1M items, where the fast mode takes seconds).
+
+Each finished model prints one line to stdout (``[size] model: samples/s, s/epoch, eval users/s, peak RSS``).
 """
 
 from __future__ import annotations
@@ -65,21 +63,21 @@ from pathlib import Path
 
 from recbole_cmi.benchmark.measure import (
     BuiltOnce,
-    PeakMemory,
     _mb,
-    _release_memory,
     _say,
     _synchronize,
     _train_step,
     common_config,
-    fast_generate,
-    machine_description,
     parse_count,
+    say_finished,
     write_report,
 )
 from recbole_cmi.cli import OneLineArgumentParser, parse_model_variants, run_cli
 from recbole_cmi.data.synthetic import SyntheticConfig, generate, write_atomic
 from recbole_cmi.errors import ConfigValueError
+from recbole_cmi.machine import describe_environment, machine_text, versions_text
+from recbole_cmi.markdown import markdown_table
+from recbole_cmi.memory import PeakMemory, release_memory
 
 DEFAULT_MODELS = ("CMI", "SASRec", "GRU4Rec", "ComiRecSA", "ComiRecDR", "CL4SRec")
 DEFAULT_SIZES = "100k:10k,1m:100k"
@@ -349,7 +347,8 @@ def run_size(size: Size, args, workdir: Path) -> SizeResult:
         n_users=max(1, size.interactions // 25), n_items=size.items, n_categories=args.categories, seed=args.seed
     )
     start = time.perf_counter()
-    data = generate(cfg) if args.generator == "exact" else fast_generate(cfg, size.interactions)
+    fast = args.generator != "exact"
+    data = generate(cfg, fast=fast, n_interactions=size.interactions if fast else None)
     out.generate_seconds = time.perf_counter() - start
     out.interactions, out.users = len(data.users), int(data.users.max())
     start = time.perf_counter()
@@ -380,8 +379,8 @@ def run_size(size: Size, args, workdir: Path) -> SizeResult:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             result = ModelResult(model=name, size=size.label, error=f"{type(err).__name__}: {first}"[:200])
         out.models.append(result)
-        _say(_one_line(result))
-        _release_memory()
+        say_finished(_one_line(result))
+        release_memory()
     return out
 
 
@@ -417,7 +416,9 @@ def _time_ratio(results: list[ModelResult], model: str, baseline: str, kind: str
     return b.users_per_s / a.users_per_s
 
 
-def format_report(sizes: list[SizeResult], args, machine: dict, command: str, started: str, wall: float) -> str:
+def format_report(sizes: list[SizeResult], args, environment: dict, command: str, started: str, wall: float) -> str:
+    """The report; ``environment``: :func:`recbole_cmi.machine.describe_environment`'s dict."""
+    gpu = bool(environment["machine"]["gpu"])
     lines = [
         "# Speed and scale benchmark",
         "",
@@ -425,10 +426,8 @@ def format_report(sizes: list[SizeResult], args, machine: dict, command: str, st
         "",
         "## Machine and settings",
         "",
-        f"- CPU: {machine['cpu']}, {machine['usable_cpus']} of {machine['logical_cpus']} logical CPUs usable; "
-        f"torch threads: {machine['torch_threads']}" + (f"; GPU: {machine['gpu']}" if machine["gpu"] else "; no GPU"),
-        f"- Python {machine['python']}, torch {machine['torch']}, RecBole {machine['recbole']}, NumPy "
-        f"{machine['numpy']}, pandas {machine['pandas']}, {machine['os']}",
+        f"- Machine: {machine_text(environment['machine'])}",
+        f"- Versions: {versions_text(environment['versions'])}",
         f"- Every model: train_batch_size {args.batch_size}, MAX_ITEM_LIST_LENGTH {args.max_len}, d = "
         f"embedding_size = hidden_size = {args.d}, num_interest {args.num_interest} (CMI, ComiRecSA, ComiRecDR), "
         f"otherwise each model's defaults, including its loss (CMI: sampled softmax over the batch's shared "
@@ -441,44 +440,40 @@ def format_report(sizes: list[SizeResult], args, machine: dict, command: str, st
         f"{args.eval_batch_size} per batch (one untimed warm-up batch), history masking and top-k included.",
         "- Peak memory: rise of the process's resident set above its level at the start of the phase (training: "
         "model, optimizer state and the steps; evaluation: the pass)"
-        + ("; GPU: torch.cuda.max_memory_allocated above the start." if machine["gpu"] else "."),
-        f"- Data: `{args.generator}` synthetic generator (see `recbole_cmi/benchmark/speed.py`), "
+        + ("; GPU: torch.cuda.max_memory_allocated above the start." if gpu else "."),
+        f"- Data: `{args.generator}` synthetic generator (see `recbole_cmi/data/synthetic.py`), "
         f"{args.categories} latent categories, seed {args.seed}.",
         "",
         "## Data",
         "",
-        "| size | interactions | users | items | training rows | generate s | write s | RecBole load + split s | "
-        "load peak RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    header = ["size", "interactions", "users", "items", "training rows", "generate s", "write s"]
+    header += ["RecBole load + split s", "load peak RSS MB"]
+    rows = []
     for s in sizes:
-        rows = next((r.train_rows for r in s.models if r.train_rows), 0)
-        lines.append(
-            f"| {s.size.label} | {s.interactions:,} | {s.users:,} | {s.items:,} | {rows:,} | "
-            f"{s.generate_seconds:.1f} | {s.write_seconds:.1f} | {s.load_seconds:.1f} | {_mb(s.load_peak_rss)} |"
+        train_rows = next((r.train_rows for r in s.models if r.train_rows), 0)
+        rows.append(
+            [s.size.label, f"{s.interactions:,}", f"{s.users:,}", f"{s.items:,}", f"{train_rows:,}"]
+            + [f"{s.generate_seconds:.1f}", f"{s.write_seconds:.1f}", f"{s.load_seconds:.1f}", _mb(s.load_peak_rss)]
         )
-    gpu = bool(machine["gpu"])
+    lines.append(markdown_table(header, rows, "l" + "r" * 8))
     for s in sizes:
-        lines += [
-            "",
-            f"## Results at {s.size.label}",
-            "",
-            "| model | params | train samples/s | s/epoch | epoch vs SASRec | eval users/s | eval time vs SASRec | "
-            "train peak RSS MB | eval peak RSS MB | data share of step |"
-            + (" train GPU MB | eval GPU MB |" if gpu else ""),
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else ""),
-        ]
+        header = ["model", "params", "train samples/s", "s/epoch", "epoch vs SASRec", "eval users/s"]
+        header += ["eval time vs SASRec", "train peak RSS MB", "eval peak RSS MB", "data share of step"]
+        header += ["train GPU MB", "eval GPU MB"] if gpu else []
+        rows = []
         for r in s.models:
             if r.error:
-                lines.append(f"| {r.model} | failed: {r.error} |")
+                rows.append([r.model, f"failed: {r.error}"])
                 continue
-            lines.append(
-                f"| {r.model} | {r.params:,} | {_num(r.samples_per_s)} | {_num(r.epoch_seconds, 1)} | "
-                f"{_ratio(_time_ratio(s.models, r.model, REFERENCE_MODEL, 'epoch'))} | {_num(r.users_per_s)} | "
-                f"{_ratio(_time_ratio(s.models, r.model, REFERENCE_MODEL, 'eval'))} | {_mb(r.train_peak_rss)} | "
-                f"{_mb(r.eval_peak_rss)} | {100 * r.data_seconds / r.train_seconds:.0f} % |"
-                + (f" {_mb(r.train_peak_cuda)} | {_mb(r.eval_peak_cuda)} |" if gpu else "")
+            rows.append(
+                [r.model, f"{r.params:,}", _num(r.samples_per_s), _num(r.epoch_seconds, 1)]
+                + [_ratio(_time_ratio(s.models, r.model, REFERENCE_MODEL, "epoch")), _num(r.users_per_s)]
+                + [_ratio(_time_ratio(s.models, r.model, REFERENCE_MODEL, "eval")), _mb(r.train_peak_rss)]
+                + [_mb(r.eval_peak_rss), f"{100 * r.data_seconds / r.train_seconds:.0f} %"]
+                + ([_mb(r.train_peak_cuda), _mb(r.eval_peak_cuda)] if gpu else [])
             )
+        lines += ["", f"## Results at {s.size.label}", "", markdown_table(header, rows, "l" + "r" * (len(header) - 1))]
     lines += [
         "",
         "## CMI against the targets",
@@ -486,15 +481,16 @@ def format_report(sizes: list[SizeResult], args, machine: dict, command: str, st
         "CMI's time divided by the baseline's, in the same run (lower is better).",
         "",
     ]
-    header = "| size | model | " + " | ".join(f"{kind} vs {base} (target <= {limit})" for kind, base, limit in TARGETS)
-    lines += [header + " |", "|---|---|" + "---:|" * len(TARGETS)]
+    header = ["size", "model", *(f"{kind} vs {base} (target <= {limit})" for kind, base, limit in TARGETS)]
+    rows = []
     for s in sizes:
         for entry in dict.fromkeys(r.model for r in s.models if model_of(args, r.model)[0] == "CMI"):
             cells = []
             for kind, base, limit in TARGETS:
                 ratio = _time_ratio(s.models, entry, base, kind)
                 cells.append("-" if ratio is None else f"{ratio:.2f}x {'met' if ratio <= limit else 'MISSED'}")
-            lines.append(f"| {s.size.label} | {entry} | " + " | ".join(cells) + " |")
+            rows.append([s.size.label, entry, *cells])
+    lines.append(markdown_table(header, rows, "ll" + "r" * len(TARGETS)))
     lines += _scaling_section(sizes)
     for s in sizes:
         for r in s.models:
@@ -524,13 +520,10 @@ def _scaling_section(sizes: list[SizeResult]) -> list[str]:
         "interactions), and the growth of the epoch time from the first size to each other one, divided by "
         "the growth of the training rows (1.00 = linear).",
         "",
-        "| model | "
-        + " | ".join(f"us/sample {s.size.label}" for s in sizes)
-        + " | "
-        + " | ".join(f"epoch growth / rows growth {sizes[0].size.label} -> {s.size.label}" for s in sizes[1:])
-        + " |",
-        "|---|" + "---:|" * (2 * len(sizes) - 1),
     ]
+    header = ["model", *(f"us/sample {s.size.label}" for s in sizes)]
+    header += [f"epoch growth / rows growth {sizes[0].size.label} -> {s.size.label}" for s in sizes[1:]]
+    rows = []
     for model in models:
         per_size = [next((r for r in s.models if r.model == model and not r.error), None) for s in sizes]
         cells = [_num(r.us_per_sample, 1) if r else "-" for r in per_size]
@@ -541,7 +534,8 @@ def _scaling_section(sizes: list[SizeResult]) -> list[str]:
             else:
                 growth = (r.epoch_seconds / first.epoch_seconds) / (r.train_rows / first.train_rows)
                 cells.append(f"{growth:.2f}")
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        rows.append([model, *cells])
+    lines.append(markdown_table(header, rows, "l" + "r" * (2 * len(sizes) - 1)))
     return lines
 
 
@@ -669,18 +663,18 @@ def _run(parser, args, argv) -> int:
         try:
             for size in args.size_list:
                 sizes.append(run_size(size, args, Path(tmp)))
-                _release_memory()
+                release_memory()
         finally:
             os.chdir(cwd)
-    machine = machine_description(args.gpu_id)
-    report = format_report(sizes, args, machine, command, started, time.perf_counter() - begin)
+    environment = describe_environment(gpu=bool(args.gpu_id))
+    report = format_report(sizes, args, environment, command, started, time.perf_counter() - begin)
     print(report)
     write_report(out_path, report)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "command": command,
-            "machine": machine,
+            **environment,
             "sizes": [
                 {
                     **{k: v for k, v in dataclasses.asdict(s).items() if k != "models"},

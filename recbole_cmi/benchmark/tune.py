@@ -44,8 +44,8 @@ import yaml
 from recbole_cmi.benchmark import accuracy
 from recbole_cmi.cli import OneLineArgumentParser, config_file_names, parse_with_config_values, run_cli
 from recbole_cmi.errors import ConfigValueError, RecboleCmiError
-from recbole_cmi.files import write_text
-from recbole_cmi.tune.report import plain, write_json
+from recbole_cmi.files import plain, write_json, write_text
+from recbole_cmi.markdown import markdown_table
 
 DEFAULT_HYPER_DIR = "properties/hyper/benchmark"  # relative to the package's properties folder's parent
 SPEC_FILE = "tune.json"
@@ -477,16 +477,18 @@ def summary_markdown(settings: TuneSettings, spec: dict, results: list[ModelTuni
         "`<tuned_dir>/<dataset>/<Model>.yaml`. The test set is never used for the choice.",
         f"- **Models**: {', '.join(models)}; searched so far: {len(results)}.",
         "",
-        f"| model | points | trials | best valid {metric} | epochs to best | values | wall s | tuned file |",
-        "|---|---:|---|---:|---:|---|---:|---|",
     ]
+    table = []
     for r in results:
         values = ", ".join(f"{k}: {v}" for k, v in (r.best or {}).get("params", {}).items()) or r.error
         score = f"{r.best['best_valid_score']:.4f}" if r.best else "–"
         epoch = _epochs_to_best(r.best)
         tuned = accuracy._display_path(r.tuned_file) if r.tuned_file else "–"
-        cells = [r.model, r.points or "–", _statuses_text(r.statuses), score, epoch, values, r.wall_s or "–", tuned]
-        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+        table.append(
+            [r.model, r.points or "–", _statuses_text(r.statuses), score, epoch, values, r.wall_s or "–", tuned]
+        )
+    header = ["model", "points", "trials", f"best valid {metric}", "epochs to best", "values", "wall s", "tuned file"]
+    lines.append(markdown_table(header, table, "lrlrrlrl"))
     lines += [
         "",
         "## Reproduce",

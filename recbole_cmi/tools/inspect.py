@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recbole_cmi.markdown import markdown_table
 from recbole_cmi.tools.common import (
     ToolError,
     all_histories,
@@ -213,14 +214,9 @@ def _usage(out, summary, m) -> str:
     fig.tight_layout()
     fig.savefig(out / "usage.png", dpi=80)
     plt.close(fig)
-    rows = "\n".join(
-        f"| {c} | {summary['item_share'][c]:.3f} | {summary['assignment_mass'][c]:.3f} |" for c in range(m)
-    )
-    return (
-        "## (a) Category usage\n\n![usage](usage.png)\n\n"
-        "| implicit category | share of items (argmax) | mean assignment mass over training interactions |\n"
-        f"|---|---|---|\n{rows}\n"
-    )
+    header = ["implicit category", "share of items (argmax)", "mean assignment mass over training interactions"]
+    rows = [[c, f"{summary['item_share'][c]:.3f}", f"{summary['assignment_mass'][c]:.3f}"] for c in range(m)]
+    return f"## (a) Category usage\n\n![usage](usage.png)\n\n{markdown_table(header, rows)}\n"
 
 
 def _label(item, item_ids, codes, names) -> str:
@@ -236,10 +232,10 @@ def _typical_items(model, assign, item_ids, codes, names, top) -> str:
         + (" (planted category in brackets)" if codes is not None else "")
         + ".",
         "",
-        "| implicit category | top items | p of the first / last | "
-        + ("majority planted category among them |" if codes is not None else ""),
-        "|---|---|---|" + ("---|" if codes is not None else ""),
     ]
+    header = ["implicit category", "top items", "p of the first / last"]
+    header += ["majority planted category among them"] if codes is not None else []
+    rows = []
     for c, pool in enumerate(pools):
         cells = [str(c), ", ".join(_label(i, item_ids, codes, names) for i in pool)]
         cells.append(f"{assign[pool[0], c]:.3f} / {assign[pool[-1], c]:.3f}")
@@ -250,7 +246,8 @@ def _typical_items(model, assign, item_ids, codes, names, top) -> str:
                 cells.append(f"{names[values[freq.argmax()]]} ({freq.max()}/{len(pool)})")
             else:
                 cells.append("–")
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines.append(markdown_table(header, rows))
     return "\n".join(lines) + "\n"
 
 
@@ -300,12 +297,15 @@ def _recovery(
     fig.tight_layout()
     fig.savefig(out / "confusion.png", dpi=80)
     plt.close(fig)
-    rows = "\n".join(f"| {name} | {s['nmi']:.3f} | {s['ari']:.3f} |" for name, s in scores.items())
+    table = markdown_table(
+        ["clustering of the items", "NMI", "ARI"],
+        [[name, f"{s['nmi']:.3f}", f"{s['ari']:.3f}"] for name, s in scores.items()],
+    )
     return (
         "## (c) Recovery of the planted categories\n\n"
         f"{len(labelled)} items of the training split with a planted `{field}` ({k} values). Item counts, "
         "coloured by the share of each implicit category's items:\n\n![confusion](confusion.png)\n\n"
-        f"| clustering of the items | NMI | ARI |\n|---|---|---|\n{rows}\n\n"
+        f"{table}\n\n"
         f"k-means: scikit-learn, L2-normalised vectors, random_state={seed}, n_init=10.\n"
     )
 
@@ -389,11 +389,11 @@ def _sample_users(out, model, dataset, item_ids, codes, names, users, top, seed,
             values, freq = np.unique([names[c] for c in codes[history] if c >= 0], return_counts=True)
             mix = ", ".join(f"{v}×{f}" for v, f in sorted(zip(values, freq), key=lambda t: -t[1]))
             lines += [f"Planted categories of the history: {mix}.", ""]
-        lines += ["| interest | share of the history | top items |", "|---|---|---|"]
+        rows = []
         for c in np.argsort(-share):
             listed = ", ".join(_label(i, item_ids, codes, names) for i in best[c])
-            lines.append(f"| {c} | {share[c]:.2f} | {listed} |")
-        lines.append("")
+            rows.append([c, f"{share[c]:.2f}", listed])
+        lines += [markdown_table(["interest", "share of the history", "top items"], rows), ""]
         summary.setdefault("users", {})[name] = {"history_share": share.tolist()}
     shares = np.array(shares_all)
     colours = _colours(m)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from recbole_cmi.files import write_text
+from recbole_cmi.files import plain, write_json, write_text
+from recbole_cmi.markdown import markdown_table
 
 
 @dataclass
@@ -33,21 +34,6 @@ class TrialRow:
     saved_model_file: str = ""
     rank: int = 0
     node_id: str = ""  # the Ray node of the trial's last report
-
-
-def plain(value):
-    """Numpy scalars and tuples as plain Python values, so yaml and json can write them."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
-        return value.item()
-    return value
-
-
-def write_json(path: Path, data) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def best_config(plan: dict, best: TrialRow) -> dict:
@@ -132,12 +118,9 @@ def trials_csv(plan: dict, params, rows: list[TrialRow]) -> str:
     return buffer.getvalue()
 
 
-def _md(cell) -> str:
-    if cell is None or cell == "":
-        return ""
-    if isinstance(cell, float):
-        return f"{cell:.4g}"
-    return str(cell).replace("|", "\\|").replace("\n", " ")
+def _md(cell):
+    """A trials-table cell: floats to 4 significant digits, the rest as is."""
+    return f"{cell:.4g}" if isinstance(cell, float) else cell
 
 
 def trials_markdown(plan: dict, rows: list[TrialRow], best, test_result, files: dict) -> str:
@@ -152,14 +135,14 @@ def trials_markdown(plan: dict, rows: list[TrialRow], best, test_result, files: 
         f"- selection: best validation {plan['metric']} ({plan['mode']}) per trial; test set evaluated "
         "for the best trial only",
         "",
-        "| rank | trial | status | " + " | ".join(names) + f" | valid {plan['metric']} | best epoch | epochs | error |",
-        "|---" * (7 + len(names)) + "|",
     ]
+    table = []
     for row in rows:
         cells = [row.rank, row.trial_id, row.status, *(row.params.get(n) for n in names)]
         cells += [row.score, row.best_epoch, row.epochs_run, row.error]
-        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
-    lines.append("")
+        table.append([_md(c) for c in cells])
+    header = ["rank", "trial", "status", *names, f"valid {plan['metric']}", "best epoch", "epochs", "error"]
+    lines += [markdown_table(header, table), ""]
     unfinished = sum(row.status in ("unfinished", "not started") for row in rows)
     if best is None and unfinished:
         lines.append(

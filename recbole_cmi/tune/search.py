@@ -58,7 +58,8 @@ from pathlib import Path
 
 from recbole_cmi.cli import check_config_files
 from recbole_cmi.errors import ConfigValueError, RecboleCmiError
-from recbole_cmi.tune.report import TrialRow, plain, write_json, write_outputs
+from recbole_cmi.files import plain, write_json
+from recbole_cmi.tune.report import TrialRow, write_outputs
 from recbole_cmi.tune.space import (
     HyperParam,
     choice_combinations,
