@@ -274,7 +274,8 @@ def _recommend(args) -> int:
 
     if args.retrieval == "faiss":
         import_faiss()  # before the checkpoint's dataset is loaded: fail fast without faiss
-    config, model, dataset, *_ = load(args.checkpoint, args.trust_checkpoint)
+    pipeline = load(args.checkpoint, args.trust_checkpoint)
+    config, model, dataset = pipeline.config, pipeline.model, pipeline.dataset
     retrieval = RetrievalSettings.from_config(config, mode=args.retrieval, index=args.faiss_index)
     if retrieval.mode == "faiss":
         import_faiss()

@@ -33,7 +33,7 @@ What differs from RecBole, and why:
   passes ``[local_rank]``, which DDP rejects for a CPU module).
 * The best-checkpoint file name is rank 0's on every rank (RecBole names it after each process's clock),
   and ranks wait for rank 0 to finish writing it before loading it for the test (``recbole_cmi.trainer``).
-* ``load_data_and_model`` / ``evaluate_checkpoint`` use a distributed run's checkpoint in one process
+* ``restore_pipeline`` (``load_data_and_model``, ``evaluate_checkpoint``) uses a distributed run's checkpoint in one process
   (RecBole's would wait for a process group that does not exist, RecBole #2063).
 
 Semantics (what a DDP run optimises). Every process draws ``train_batch_size / world_size`` rows

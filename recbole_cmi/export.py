@@ -105,7 +105,8 @@ def export(checkpoint, out, faiss_index: str | None = None, trust_checkpoint: bo
     from recbole_cmi.tools.common import load
 
     faiss = import_faiss()
-    config, model, dataset, *_ = load(checkpoint, trust_checkpoint)
+    pipeline = load(checkpoint, trust_checkpoint)
+    config, model, dataset = pipeline.config, pipeline.model, pipeline.dataset
     check_model_supported(model)
     settings = RetrievalSettings.from_config(config, mode="faiss", index=faiss_index)
     out = Path(out)

@@ -2,6 +2,10 @@
 ``run_distributed`` (RecBole's ``run(..., nproc)``; :mod:`recbole_cmi.distributed` for how DDP works here) and
 helpers.
 
+Every run, search trial, benchmark and tool assembles its pieces with one builder, :func:`build_pipeline` (config,
+dataset, loaders, model, trainer: a :class:`Pipeline`), and rebuilds a checkpoint's with
+:func:`restore_pipeline`; :func:`evaluate_checkpoint` scores a checkpoint on its validation and test splits.
+
 Mirrors ``recbole.quick_start.run_recbole`` (same seeding order, same FLOPs pass, so a core
 model gives the same numbers through either) but resolves our models, uses our Trainer, and
 never imports Ray.
@@ -10,6 +14,7 @@ never imports Ray.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -101,17 +106,13 @@ def _reset_logging():
         handler.close()
 
 
-def prepare(model=None, dataset=None, config_file_list=None, config_dict=None, read_argv=False):
-    """Config, dataset, loaders and an initialised model, seeded as RecBole does."""
-    from recbole.data.transform import construct_transform
-    from recbole.utils import get_flops, init_logger, init_seed, set_color
+def _start_logging(config) -> None:
+    """RecBole's logger for this run (rank 0: console and log file; other DDP ranks: errors on the console), then
+    the command line, the config's warnings (log file only) and the config."""
+    from recbole.utils import init_logger
 
-    from recbole_cmi.data.dataloader import data_preparation
-    from recbole_cmi.distributed import global_rank, is_main_rank
-    from recbole_cmi.utils import get_model, train_batch_hooks
+    from recbole_cmi.distributed import is_main_rank
 
-    config = Config(model, dataset, config_file_list, config_dict, read_argv=read_argv)
-    init_seed(config["seed"], config["reproducibility"])
     _reset_logging()
     if is_main_rank(config):
         init_logger(config)
@@ -122,17 +123,122 @@ def prepare(model=None, dataset=None, config_file_list=None, config_dict=None, r
     for warning in getattr(config, "config_warnings", []):
         _log_to_files(logging.WARNING, warning)
     logger.info(config)
-    data = create_dataset(config)
-    logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data, train_batch_hooks(config["model"]))
-    # RecBole adds local_rank, the same on every machine of a multi-node run; the global rank keeps ranks apart.
-    init_seed(config["seed"] + global_rank(config), config["reproducibility"])
-    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    disable_anomaly_mode()
-    logger.info(net)
-    flops = get_flops(net, data, config["device"], logger, construct_transform(config))
-    logger.info(set_color("FLOPs", "blue") + f": {flops}")
-    return config, data, (train_data, valid_data, test_data), net
+
+
+#: How far :func:`build_pipeline` goes: the loaders only, then the model, then the trainer.
+STAGES = ("data", "model", "trainer")
+#: The splits a :class:`Pipeline` and :func:`evaluate_checkpoint` evaluate.
+EVAL_SPLITS = ("valid", "test")
+
+
+@dataclasses.dataclass(repr=False)
+class Pipeline:
+    """One run's pieces: config, dataset, the three loaders and, once built, the model and its trainer.
+
+    :func:`build_pipeline` builds it from a model and a dataset name, :func:`restore_pipeline` from a checkpoint.
+    """
+
+    config: Config
+    dataset: object  # RecBole's dataset, before the split
+    train_data: object
+    valid_data: object
+    test_data: object
+    model: object = None
+    trainer: object = None
+
+    def __repr__(self) -> str:
+        built = ", ".join(name for name, part in zip(STAGES, (True, self.model, self.trainer)) if part is not None)
+        return f"Pipeline({self.config['model']} on {self.config['dataset']}: {built})"
+
+    @property
+    def loaders(self) -> tuple:
+        return self.train_data, self.valid_data, self.test_data
+
+    def split(self, name: str):
+        """The ``"valid"`` or ``"test"`` loader."""
+        if name not in EVAL_SPLITS:
+            raise ConfigValueError(f"unknown split {name!r}: expected one of {', '.join(EVAL_SPLITS)}")
+        return self.valid_data if name == "valid" else self.test_data
+
+    def build_model(self, log: bool = False):
+        """The initialised model, on the config's device, seeded as RecBole seeds it (our seed + the global DDP rank,
+        so ranks of a multi-node run differ). With ``log``, it and its FLOPs (RecBole's pass) go to the log."""
+        from recbole.utils import init_seed
+
+        from recbole_cmi.distributed import global_rank
+        from recbole_cmi.utils import get_model
+
+        config = self.config
+        init_seed(config["seed"] + global_rank(config), config["reproducibility"])
+        self.model = get_model(config["model"])(config, self.train_data._dataset).to(config["device"])
+        disable_anomaly_mode()
+        if log:
+            from recbole.data.transform import construct_transform
+            from recbole.utils import get_flops, set_color
+
+            logger = getLogger()
+            logger.info(self.model)
+            flops = get_flops(self.model, self.dataset, config["device"], logger, construct_transform(config))
+            logger.info(set_color("FLOPs", "blue") + f": {flops}")
+        return self.model
+
+    def build_trainer(self):
+        """The model's trainer (:func:`recbole_cmi.trainer.get_trainer`), built from the config as it is now."""
+        from recbole_cmi.trainer import get_trainer
+
+        self.trainer = get_trainer(self.config["MODEL_TYPE"], self.config["model"])(self.config, self.model)
+        return self.trainer
+
+
+def build_pipeline(
+    model=None,
+    dataset=None,
+    config_file_list=None,
+    config_dict=None,
+    *,
+    read_argv=False,
+    config=None,
+    data=None,
+    log=True,
+    until="trainer",
+) -> Pipeline:
+    """Config, dataset, loaders, model and trainer of a run, in RecBole's order and with its seeding.
+
+    ``config``: an already-built config (a checkpoint's) instead of one from ``model``, ``dataset``, the config
+    files and dict (and ``--key=value`` from ``sys.argv`` with ``read_argv``). ``data``: an already-created
+    dataset (the speed benchmarks build one and reuse it across models) instead of loading ``config["dataset"]``.
+    ``log``: set up RecBole's logger and write config, dataset, model and its FLOPs to it, as ``run`` does; the
+    benchmarks and checkpoint loading do none of it (the FLOPs pass draws random numbers). ``until``: the last
+    stage built (:data:`STAGES`); the pipeline's ``build_model``/``build_trainer`` go on from there.
+    """
+    from recbole.utils import init_seed
+
+    from recbole_cmi.data.dataloader import data_preparation
+    from recbole_cmi.utils import train_batch_hooks
+
+    if until not in STAGES:
+        raise ValueError(f"until={until!r}: expected one of {', '.join(STAGES)}")
+    if config is None:
+        config = Config(model, dataset, config_file_list, config_dict, read_argv=read_argv)
+    init_seed(config["seed"], config["reproducibility"])
+    if log:
+        _start_logging(config)
+    if data is None:
+        data = create_dataset(config)
+    if log:
+        getLogger().info(data)
+    pipeline = Pipeline(config, data, *data_preparation(config, data, train_batch_hooks(config["model"])))
+    if until != "data":
+        pipeline.build_model(log=log)
+    if until == "trainer":
+        pipeline.build_trainer()
+    return pipeline
+
+
+def prepare(model=None, dataset=None, config_file_list=None, config_dict=None, read_argv=False):
+    """``(config, dataset, (train, valid, test), model)``: :func:`build_pipeline` up to the model."""
+    pipeline = build_pipeline(model, dataset, config_file_list, config_dict, read_argv=read_argv, until="model")
+    return pipeline.config, pipeline.dataset, pipeline.loaders, pipeline.model
 
 
 def run_recbole_cmi(
@@ -165,15 +271,12 @@ def run_recbole_cmi(
     """
     from recbole.utils import set_color
 
-    from recbole_cmi.trainer import get_trainer
-
     problem = describe_unreadable(resume, "checkpoint file") if resume else None
     if problem:
         raise CheckpointError(problem)
-    config, _, (train_data, valid_data, test_data), net = prepare(
-        model, dataset, config_file_list, config_dict, read_argv
-    )
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    pipeline = build_pipeline(model, dataset, config_file_list, config_dict, read_argv=read_argv)
+    config, trainer = pipeline.config, pipeline.trainer
+    train_data, valid_data, test_data = pipeline.loaders
     if resume:
         trainer.resume_checkpoint(resume, trust=trust_checkpoint)
     best_valid_score, best_valid_result = trainer.fit(
@@ -205,23 +308,21 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     return result
 
 
-def load_data_and_model(model_file, trust=False):
-    """Rebuild config, dataset, loaders and the trained model from one of our checkpoints.
+def restore_pipeline(model_file, trust=False) -> Pipeline:
+    """The :class:`Pipeline` of a checkpoint's run, up to its trained model (``build_trainer`` adds the trainer).
 
-    Loads on the CPU whatever device trained the model. The file is read without running code in
-    it; a pickled (old or foreign) checkpoint needs ``trust=True`` (:mod:`recbole_cmi.checkpoint`).
-    Data whose user/item id mapping differs from the training data's is refused.
+    Loads on the CPU whatever device trained the model. The file is read without running code in it; a pickled
+    (old or foreign) checkpoint needs ``trust=True`` (:mod:`recbole_cmi.checkpoint`). Data whose user/item id
+    mapping differs from the training data's is refused.
     """
+    import torch
     from recbole.utils import init_seed
-
-    from recbole_cmi.data.dataloader import data_preparation
-    from recbole_cmi.utils import get_model, train_batch_hooks
 
     checkpoint = load_checkpoint(model_file, map_location="cpu", trust=trust)
     config = checkpoint.get("config")
     if not hasattr(config, "final_config_dict"):
         raise CheckpointError(f"checkpoint {model_file} holds no RecBole config, so its data cannot be rebuilt")
-    config["device"] = __import__("torch").device("cpu")
+    config["device"] = torch.device("cpu")
     config["gpu_id"] = ""
     # A checkpoint of a distributed run is used in this one process (RecBole #2063: its loaders and
     # trainer would wait for a process group; recbole_cmi.distributed).
@@ -229,22 +330,32 @@ def load_data_and_model(model_file, trust=False):
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     check_id_mapping(checkpoint, dataset, model_file)
-    train_data, valid_data, test_data = data_preparation(config, dataset, train_batch_hooks(config["model"]))
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.load_other_parameter(checkpoint.get("other_parameter"))
-    disable_anomaly_mode()
-    return config, model, dataset, train_data, valid_data, test_data
+    pipeline = build_pipeline(config=config, data=dataset, log=False, until="model")
+    pipeline.model.load_state_dict(checkpoint["state_dict"])
+    pipeline.model.load_other_parameter(checkpoint.get("other_parameter"))
+    return pipeline
 
 
-def evaluate_checkpoint(model_file, split="test", trust=False):
-    """Evaluate a saved checkpoint on its dataset's ``"valid"`` or ``"test"`` split."""
-    from recbole_cmi.trainer import get_trainer
+def load_data_and_model(model_file, trust=False):
+    """``(config, model, dataset, train, valid, test)`` of a checkpoint: :func:`restore_pipeline`."""
+    pipeline = restore_pipeline(model_file, trust=trust)
+    return pipeline.config, pipeline.model, pipeline.dataset, *pipeline.loaders
 
-    config, model, _, _, valid_data, test_data = load_data_and_model(model_file, trust=trust)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    return trainer.evaluate(valid_data if split == "valid" else test_data, load_best_model=False)
+
+def evaluate_checkpoint(model_file, splits="test", trust=False):
+    """A saved checkpoint's results on its dataset's splits (:data:`EVAL_SPLITS`), loaded as by
+    :func:`restore_pipeline` (``trust`` likewise).
+
+    ``splits``: one split name (its result comes back) or several (a tuple of their results, in that order).
+    """
+    names = (splits,) if isinstance(splits, str) else tuple(splits)
+    unknown = [name for name in names if name not in EVAL_SPLITS]
+    if unknown or not names:
+        raise ConfigValueError(f"splits={splits!r}: expected names among {', '.join(EVAL_SPLITS)}")
+    pipeline = restore_pipeline(model_file, trust=trust)
+    trainer = pipeline.build_trainer()
+    results = tuple(trainer.evaluate(pipeline.split(name), load_best_model=False) for name in names)
+    return results[0] if isinstance(splits, str) else results
 
 
 # ------------------------------------------------------------------------------------ several processes

@@ -24,6 +24,8 @@
 * A model with sparse-gradient embeddings (CMI's ``sparse_item_updates: True``) is optimised by
   :class:`recbole_cmi.optim.LazyAdam` (``learner: adam`` only).
 * Anomaly mode is off while we train (see ``recbole_cmi.compat``).
+* ``trainer.epoch_observer`` (an :class:`EpochObserver`) is told the seconds of every training epoch and
+  validation, and each validation's result (the accuracy benchmark's epoch times and validation curves).
 * Distributed (DDP) runs (:mod:`recbole_cmi.distributed`): DDP works on the CPU too, every rank uses rank 0's
   checkpoint name and waits for rank 0 to have written it before loading it.
 * ``exclude_history_items: True``: full-sort validation and test (``eval_protocol: loo``) give the items of
@@ -44,6 +46,7 @@ import contextlib
 import importlib
 import os
 import random
+import time
 
 import numpy as np
 import torch
@@ -65,6 +68,8 @@ from recbole_cmi.optim import LazyAdam, has_sparse_gradients
 
 __all__ = [
     "CheckpointMixin",
+    "EpochObserver",
+    "EpochObserverMixin",
     "HistoryExclusionMixin",
     "NonFiniteLossError",
     "RetrievalMixin",
@@ -291,6 +296,50 @@ class CheckpointMixin:
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
 
 
+class EpochObserver:
+    """What a run reports while it trains, to whoever set it as the trainer's ``epoch_observer``.
+
+    ``on_train_epoch`` follows every training epoch, ``on_validation`` every validation, right after it and before
+    the epoch's checkpoints are written; ``seconds`` is the wall-clock time of that epoch or validation alone.
+    The methods here do nothing: an observer overrides those it needs.
+    """
+
+    def on_train_epoch(self, epoch_idx: int, seconds: float) -> None:
+        """Training epoch ``epoch_idx`` (0-based) took ``seconds``."""
+
+    def on_validation(self, epoch_idx: int, seconds: float, valid_score, valid_result) -> None:
+        """The validation after epoch ``epoch_idx`` took ``seconds`` and gave ``(valid_score, valid_result)``."""
+
+
+class EpochObserverMixin:
+    """Times each training epoch and validation and reports them to ``epoch_observer`` (None: nobody).
+
+    In every trainer of a run (:data:`PLUGIN_TRAINER_MIXINS`): ours and core models' own trainers, whose ``fit``
+    calls ``_train_epoch`` and ``_valid_epoch`` once per epoch and per validation.
+    """
+
+    epoch_observer: EpochObserver | None = None
+    _observed_epoch = -1  # the last training epoch, which a validation follows
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if self.epoch_observer is None:
+            return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        start = time.perf_counter()
+        losses = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        self._observed_epoch = epoch_idx
+        self.epoch_observer.on_train_epoch(epoch_idx, time.perf_counter() - start)
+        return losses
+
+    def _valid_epoch(self, valid_data, *args, **kwargs):
+        if self.epoch_observer is None:
+            return super()._valid_epoch(valid_data, *args, **kwargs)
+        start = time.perf_counter()
+        outcome = super()._valid_epoch(valid_data, *args, **kwargs)
+        valid_score, valid_result = outcome
+        self.epoch_observer.on_validation(self._observed_epoch, time.perf_counter() - start, valid_score, valid_result)
+        return outcome
+
+
 class HistoryExclusionMixin:
     """Full-sort evaluation that, with ``exclude_history_items: True``, never ranks an input-history item."""
 
@@ -401,7 +450,7 @@ def compact_scores(found, positive_u: torch.Tensor, positive_i: torch.Tensor):
 
 
 #: What every trainer of a recbole_cmi run has on top of RecBole's (ours and core models' own trainers).
-PLUGIN_TRAINER_MIXINS = (CheckpointMixin, RetrievalMixin, HistoryExclusionMixin)
+PLUGIN_TRAINER_MIXINS = (EpochObserverMixin, CheckpointMixin, RetrievalMixin, HistoryExclusionMixin)
 
 
 def _config_value(config, key):

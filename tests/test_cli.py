@@ -170,7 +170,7 @@ def test_unexpected_failures_are_one_line_too(main, tiny_data_root, tmp_path, mo
     def boom(*args, **kwargs):
         raise RuntimeError("something deep inside\nsecond line")
 
-    monkeypatch.setattr(quick_start, "prepare", boom)
+    monkeypatch.setattr(quick_start, "build_pipeline", boom)
     status, _, err = call(main, cli_args(tiny_data_root, tmp_path / "saved"))
     assert status == 1
     assert err.strip() == (

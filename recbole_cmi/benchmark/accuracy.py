@@ -716,77 +716,82 @@ def worker(spec_path: str) -> int:
     return 0
 
 
+class RunRecorder:
+    """The trainer's ``epoch_observer`` (:class:`recbole_cmi.trainer.EpochObserver`) in a benchmark run: the seconds
+    of every training epoch and validation, the validation curve, and the best epoch by RecBole's early-stopping
+    rule. With ``progress_path``, all of it is written there after every validation, before the epoch's
+    checkpoints, so that a resumed run (:meth:`resume`) drops what they do not hold."""
+
+    def __init__(self, config, progress_path=None):
+        self.train_seconds, self.valid_seconds = [], []
+        self.valid_metric = config["valid_metric"].lower()
+        self.bigger = config["valid_metric_bigger"]
+        self.curve = {"epoch": [], "train_s": [], report.CURVE_METRIC: []}
+        if self.valid_metric != report.CURVE_METRIC:
+            self.curve[self.valid_metric] = []
+        self.best_score = self.best_epoch = None
+        self.progress_path = progress_path
+
+    def on_train_epoch(self, epoch_idx: int, seconds: float) -> None:
+        self.train_seconds.append(seconds)
+
+    def on_validation(self, epoch_idx: int, seconds: float, valid_score, valid_result) -> None:
+        self.valid_seconds.append(seconds)
+        self.curve["epoch"].append(len(self.train_seconds))
+        self.curve["train_s"].append(round(sum(self.train_seconds), 3))  # training seconds so far (no validations)
+        for key, values in self.curve.items():
+            if key not in ("epoch", "train_s"):
+                value = (valid_result or {}).get(key)
+                values.append(None if value is None else float(value))
+        if self.progress_path:
+            progress = {"train_seconds": self.train_seconds, "valid_seconds": self.valid_seconds, "curve": self.curve}
+            write_json(Path(self.progress_path), progress)
+        self._track_best(epoch_idx, valid_score)
+
+    def _track_best(self, epoch_idx: int, score) -> None:
+        """RecBole's early_stopping rule: ties move the best epoch forward."""
+        if self.best_score is None or (score >= self.best_score if self.bigger else score <= self.best_score):
+            self.best_score, self.best_epoch = score, epoch_idx + 1  # 1-based, like epochs_run
+
+    def resume(self, progress_path, epochs: int) -> None:
+        """Take the first ``epochs`` epochs (those the resumed checkpoint holds) from an interrupted run's record."""
+        with open(progress_path, encoding="utf-8") as f:
+            progress = json.load(f)
+        self.train_seconds += progress["train_seconds"][:epochs]
+        self.valid_seconds += progress["valid_seconds"][:epochs]
+        for key, values in self.curve.items():
+            values += progress["curve"].get(key, [None] * epochs)[:epochs]
+        scores = self.curve[self.valid_metric if self.valid_metric in self.curve else report.CURVE_METRIC]
+        for epoch_idx, score in enumerate(scores):
+            if score is not None:
+                self._track_best(epoch_idx, score)
+
+
 def train_and_test(spec: dict) -> dict:
     """``run_recbole_cmi``'s steps, with the epochs timed; returns the run's csv fields."""
-    from logging import getLogger
-
-    from recbole_cmi.quick_start import prepare
-    from recbole_cmi.trainer import get_trainer
+    from recbole_cmi.quick_start import build_pipeline
 
     start = time.perf_counter()
-    config, dataset, (train_data, valid_data, test_data), model = prepare(
-        spec["model"], spec["dataset"], spec["config_files"] or None, spec["config_dict"]
-    )
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    train_seconds, valid_seconds = [], []
-    valid_metric = config["valid_metric"].lower()
-    curve = {"epoch": [], "train_s": [], report.CURVE_METRIC: []}
-    if valid_metric != report.CURVE_METRIC:
-        curve[valid_metric] = []
-
-    def record_validation(outcome):  # (valid_score, valid_result) of one validation
-        curve["epoch"].append(len(train_seconds))
-        curve["train_s"].append(round(sum(train_seconds), 3))  # training seconds so far (validations not counted)
-        for key in curve:
-            if key not in ("epoch", "train_s"):
-                value = (outcome[1] or {}).get(key)
-                curve[key].append(None if value is None else float(value))
-        if spec.get("progress"):  # before the epoch's checkpoints: a resumed run drops what they do not hold
-            progress = {"train_seconds": train_seconds, "valid_seconds": valid_seconds, "curve": curve}
-            write_json(Path(spec["progress"]), progress)
-
-    bigger = config["valid_metric_bigger"]
-    best = {"score": None, "epoch": None}
-
-    def track_best(epoch_idx, score):  # RecBole's early_stopping rule: ties move the best epoch forward
-        if best["score"] is None or (score >= best["score"] if bigger else score <= best["score"]):
-            best.update(score=score, epoch=epoch_idx + 1)  # 1-based, like epochs_run
-
+    pipeline = build_pipeline(spec["model"], spec["dataset"], spec["config_files"] or None, spec["config_dict"])
+    config, dataset, trainer = pipeline.config, pipeline.dataset, pipeline.trainer
+    _, valid_data, test_data = pipeline.loaders
+    recorder = RunRecorder(config, spec.get("progress"))
+    train_seconds, valid_seconds = recorder.train_seconds, recorder.valid_seconds
     resumed_at = 0
     if spec.get("resume_from"):  # an interrupted run: its checkpoint and the epochs recorded up to it
         trainer.resume_checkpoint(spec["resume_from"])
         resumed_at = trainer.start_epoch  # epochs the checkpoint holds
-        with open(spec["progress"], encoding="utf-8") as f:
-            progress = json.load(f)
-        train_seconds += progress["train_seconds"][:resumed_at]
-        valid_seconds += progress["valid_seconds"][:resumed_at]
-        for key, values in curve.items():
-            values += progress["curve"].get(key, [None] * resumed_at)[:resumed_at]
-        for epoch_idx, score in enumerate(curve[valid_metric if valid_metric in curve else report.CURVE_METRIC]):
-            if score is not None:
-                track_best(epoch_idx, score)
-    trainer._train_epoch = _timed(trainer._train_epoch, train_seconds)
-    trainer._valid_epoch = _timed(trainer._valid_epoch, valid_seconds, after=record_validation)
-
-    best_valid_score, _ = trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=track_best)
-    eval_start = time.perf_counter()
-    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
-    eval_seconds = time.perf_counter() - eval_start
-    getLogger().info(f"test result: {test_result}")
-    excluded = history_excluded(trainer, test_data)
-    alt_result, alt_seconds = None, None
-    if spec.get("conventions", "both") == "both":  # the same (best) weights, the other convention
-        alt_start = time.perf_counter()
-        with ranking_convention(trainer, test_data, exclude=not excluded):
-            alt_result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
-        alt_seconds = time.perf_counter() - alt_start
-        getLogger().info(f"test result with history items {'ranked' if excluded else 'excluded'}: {alt_result}")
+        recorder.resume(spec["progress"], resumed_at)
+    trainer.epoch_observer = recorder
+    best_valid_score, _ = trainer.fit(pipeline.train_data, valid_data, saved=True, show_progress=False)
+    tested = _evaluate_test(trainer, test_data, spec.get("conventions", "both") == "both")
+    test_result, eval_seconds, excluded, alt_result, alt_seconds = tested
     row = {
         "status": "ok",
         "error": "",
         "valid_metric": config["valid_metric"],
         "best_valid_score": float(best_valid_score),
-        "best_epoch": best["epoch"],
+        "best_epoch": recorder.best_epoch,
         "epochs_run": len(train_seconds),
         "epochs": config["epochs"],
         "stopping_step": config["stopping_step"],
@@ -815,8 +820,28 @@ def train_and_test(spec: dict) -> dict:
         row[f"{report.TEST_PREFIX}{key}"] = float(value)
     for key, value in (alt_result or {}).items():
         row[f"{report.ALT_PREFIX}{key}"] = float(value)
-    row["valid_curve"] = json.dumps(curve, separators=(",", ":"))
+    row["valid_curve"] = json.dumps(recorder.curve, separators=(",", ":"))
     return row
+
+
+def _evaluate_test(trainer, test_data, both: bool) -> tuple:
+    """The best checkpoint's test result under the run's ranking convention and, with ``both``, the same weights'
+    under the other one: ``(result, seconds, history excluded, other result, its seconds)`` (None, None without)."""
+    from logging import getLogger
+
+    eval_start = time.perf_counter()
+    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    eval_seconds = time.perf_counter() - eval_start
+    getLogger().info(f"test result: {test_result}")
+    excluded = history_excluded(trainer, test_data)
+    alt_result, alt_seconds = None, None
+    if both:
+        alt_start = time.perf_counter()
+        with ranking_convention(trainer, test_data, exclude=not excluded):
+            alt_result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+        alt_seconds = time.perf_counter() - alt_start
+        getLogger().info(f"test result with history items {'ranked' if excluded else 'excluded'}: {alt_result}")
+    return test_result, eval_seconds, excluded, alt_result, alt_seconds
 
 
 def history_excluded(trainer, eval_data) -> bool:
@@ -868,19 +893,3 @@ def _interaction_count(dataset) -> int:
     if getattr(dataset, "item_list_length_field", None) in dataset.inter_feat:
         rows += dataset.user_num - 1
     return rows
-
-
-def _timed(method, seconds: list, after=None):
-    """``method``, appending the seconds of each call to ``seconds`` (then ``after(its result)``, if given)."""
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            outcome = method(*args, **kwargs)
-        finally:
-            seconds.append(time.perf_counter() - start)
-        if after is not None:
-            after(outcome)
-        return outcome
-
-    return timed

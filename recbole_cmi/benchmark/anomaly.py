@@ -53,12 +53,11 @@ def measure(args) -> int:
     """Time the epochs (see the module docstring) and print the medians."""
     import torch
 
-    from recbole_cmi.quick_start import prepare
-    from recbole_cmi.trainer import get_trainer
+    from recbole_cmi.quick_start import build_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         data_root = subset(args.users, Path(tmp) / "data")
-        config, dataset, (train_data, _, _), model = prepare(
+        pipeline = build_pipeline(
             "SASRec",
             "micro_video",
             config_dict={
@@ -70,7 +69,7 @@ def measure(args) -> int:
                 "show_progress": False,
             },
         )
-        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        config, dataset, train_data, trainer = pipeline.config, pipeline.dataset, pipeline.train_data, pipeline.trainer
         torch.autograd.set_detect_anomaly(False)
         trainer._train_epoch(train_data, 0)  # warm-up, untimed
         times = {False: [], True: []}

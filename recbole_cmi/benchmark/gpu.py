@@ -98,23 +98,13 @@ def generate_data(args, folder: Path) -> dict:
 
 def train_and_evaluate(name: str, dataset, args, data_path: str, gpu_id: str, amp: bool) -> dict:
     """One epoch and one full-sort test evaluation; the trained trainer comes back for the agreement checks."""
-    from recbole.utils import init_seed
+    from recbole_cmi.quick_start import build_pipeline
 
-    from recbole_cmi.compat import disable_anomaly_mode
-    from recbole_cmi.config import Config
-    from recbole_cmi.data.dataloader import data_preparation
-    from recbole_cmi.trainer import get_trainer
-    from recbole_cmi.utils import get_model, train_batch_hooks
-
-    config = Config(name, DATASET, config_dict=settings(args, data_path, gpu_id, amp), read_argv=False)
-    init_seed(config["seed"], config["reproducibility"])
-    train_data, _, test_data = data_preparation(config, dataset, train_batch_hooks(name))
-    init_seed(config["seed"], config["reproducibility"])
-    device = config["device"]
-    model = get_model(name)(config, train_data._dataset).to(device)
-    disable_anomaly_mode()
-    trainer = get_trainer(config["MODEL_TYPE"], name)(config, model)
-    if hasattr(train_data, "bind_model"):
+    config_dict = settings(args, data_path, gpu_id, amp)
+    pipeline = build_pipeline(name, DATASET, config_dict=config_dict, data=dataset, log=False)
+    model, trainer, device = pipeline.model, pipeline.trainer, pipeline.config["device"]
+    train_data, test_data = pipeline.train_data, pipeline.test_data
+    if hasattr(train_data, "bind_model"):  # what fit does: this benchmark trains an epoch without it
         train_data.bind_model(model)
     row = {"model": name, "device": device.type, "amp": amp, "train_rows": len(train_data._dataset)}
     with PeakMemory(device) as train_memory:

@@ -143,15 +143,10 @@ def _overlap(found, exact) -> float:
 
 
 def bench_model(model_name: str, dataset, args, folder: Path, label: str, n_items: int) -> list[RetrievalResult]:
-    from recbole.utils import init_seed
-
     from recbole_cmi.benchmark.measure import _train_step, common_config
-    from recbole_cmi.config import Config
-    from recbole_cmi.data.dataloader import data_preparation
     from recbole_cmi.memory import PeakMemory, release_memory
+    from recbole_cmi.quick_start import build_pipeline
     from recbole_cmi.retrieval import build_item_index
-    from recbole_cmi.trainer import get_trainer
-    from recbole_cmi.utils import get_model, train_batch_hooks
 
     overrides = {"sparse_item_updates": True} if model_name == "CMI" else {"loss_type": "BPR"}
     settings = {
@@ -163,11 +158,9 @@ def bench_model(model_name: str, dataset, args, folder: Path, label: str, n_item
         "valid_metric": "NDCG@20",
         **overrides,
     }
-    config = Config(model_name, "bench", config_dict=settings, read_argv=False)
-    init_seed(config["seed"], config["reproducibility"])
-    train_data, _, test_data = data_preparation(config, dataset, train_batch_hooks(model_name))
-    model = get_model(model_name)(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+    pipeline = build_pipeline(model_name, "bench", config_dict=settings, data=dataset, log=False)
+    config, model, trainer = pipeline.config, pipeline.model, pipeline.trainer
+    train_data, test_data = pipeline.train_data, pipeline.test_data
     trainer.tot_item_num = test_data._dataset.item_num
     model.train()
     batches = iter(train_data)

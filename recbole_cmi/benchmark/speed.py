@@ -201,27 +201,20 @@ class SizeResult:
 def bench_model(name: str, dataset, args, data_path: str, label: str) -> ModelResult:
     """Time ``--steps`` training steps and one full-sort evaluation pass of the entry ``name`` on ``dataset``."""
     import torch
-    from recbole.utils import init_seed
 
-    from recbole_cmi.compat import disable_anomaly_mode
-    from recbole_cmi.config import Config
-    from recbole_cmi.data.dataloader import data_preparation
-    from recbole_cmi.trainer import get_trainer
-    from recbole_cmi.utils import get_model, train_batch_hooks
+    from recbole_cmi.quick_start import build_pipeline
 
     result = ModelResult(model=name, size=label)
     model_name, overrides = model_of(args, name)
-    config = Config(model_name, "bench", config_dict={**common_config(args, data_path), **overrides}, read_argv=False)
-    init_seed(config["seed"], config["reproducibility"])
-    train_data, _, test_data = data_preparation(config, dataset, train_batch_hooks(model_name))
+    settings = {**common_config(args, data_path), **overrides}
+    pipeline = build_pipeline(model_name, "bench", config_dict=settings, data=dataset, log=False, until="data")
+    config, train_data, test_data = pipeline.config, pipeline.train_data, pipeline.test_data
     result.train_rows = len(train_data._dataset)
     device = config["device"]
-    init_seed(config["seed"], config["reproducibility"])
 
-    with PeakMemory(device) as train_memory:
-        model = get_model(model_name)(config, train_data._dataset).to(device)
-        disable_anomaly_mode()
-        trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+    with PeakMemory(device) as train_memory:  # the model and its optimizer are part of the training memory
+        model = pipeline.build_model()
+        trainer = pipeline.build_trainer()
         if hasattr(train_data, "bind_model"):
             train_data.bind_model(model)
         result.params = sum(p.numel() for p in model.parameters())

@@ -26,10 +26,11 @@ def pyplot():
 
 
 def load(checkpoint, trust: bool = False):
-    """``load_data_and_model``: read without running code in the file unless ``trust`` (``--trust_checkpoint``)."""
-    from recbole_cmi.quick_start import load_data_and_model
+    """The checkpoint's :class:`recbole_cmi.quick_start.Pipeline` (config, dataset, loaders, trained model), read
+    without running code in the file unless ``trust`` (``--trust_checkpoint``)."""
+    from recbole_cmi.quick_start import restore_pipeline
 
-    return load_data_and_model(str(checkpoint), trust=trust)
+    return restore_pipeline(str(checkpoint), trust=trust)
 
 
 # --------------------------------------------------------------------------- histories

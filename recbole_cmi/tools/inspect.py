@@ -98,7 +98,8 @@ def kmeans_labels(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def baseline_vectors(baseline_checkpoint, dataset, trust: bool = False) -> tuple[str, np.ndarray]:
     """``(model name, item vectors [n_items, d])`` of a baseline trained on the same items."""
-    _, model, base_dataset, *_ = load(baseline_checkpoint, trust)
+    baseline = load(baseline_checkpoint, trust)
+    model, base_dataset = baseline.model, baseline.dataset
     iid = dataset.iid_field
     if base_dataset.dataset_name != dataset.dataset_name or not np.array_equal(
         np.asarray(base_dataset.field2id_token[iid]), np.asarray(dataset.field2id_token[iid])
@@ -128,7 +129,8 @@ def inspect_checkpoint(
     """
     if users < 0 or top < 1:
         raise ToolError(f"--users must be >= 0 and --top >= 1, got {users} and {top}")
-    config, model, dataset, train_data, _, _ = load(checkpoint, trust_checkpoint)
+    pipeline = load(checkpoint, trust_checkpoint)
+    config, model, dataset, train_data = pipeline.config, pipeline.model, pipeline.dataset, pipeline.train_data
     require_cmi(model, checkpoint)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -285,9 +285,8 @@ def evaluate_under_noise(checkpoint, fractions, seed: int, topk: int = 20, trust
     """
     from recbole.utils import ModelType
 
-    from recbole_cmi.trainer import get_trainer
-
-    config, model, dataset, _, _, test_data = load(checkpoint, trust)
+    pipeline = load(checkpoint, trust)
+    config, dataset, test_data = pipeline.config, pipeline.dataset, pipeline.test_data
     n_items = dataset.item_num - 1
     if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
         raise ToolError(f"{config['model']} is not a sequential model: the study perturbs histories")
@@ -295,7 +294,7 @@ def evaluate_under_noise(checkpoint, fractions, seed: int, topk: int = 20, trust
         raise ToolError(f"--topk {topk} is above the {n_items} items of dataset '{config['dataset']}'")
     config["metrics"] = ["Recall", "NDCG"]
     config["topk"] = [topk]
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer = pipeline.build_trainer()  # after the metrics change: the trainer's evaluator reads them
 
     def evaluate(loader):
         users = count_rows(loader, config)

@@ -424,14 +424,11 @@ def _first_line(err) -> str:
 
 def evaluate_best(model_file: str) -> tuple[dict, dict]:
     """The checkpoint's validation result (to check it against the trial) and its test result."""
-    from recbole_cmi.quick_start import load_data_and_model
-    from recbole_cmi.trainer import get_trainer
+    from recbole_cmi.quick_start import evaluate_checkpoint
 
     # RecBole's Trainer writes log_tensorboard/ into the cwd: keep it out of the results.
     with tempfile.TemporaryDirectory() as scratch, _working_directory(scratch):
-        config, model, _, _, valid_data, test_data = load_data_and_model(model_file)
-        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-        results = [trainer.evaluate(data, load_best_model=False) for data in (valid_data, test_data)]
+        results = evaluate_checkpoint(model_file, splits=("valid", "test"))
     return tuple({k: float(v) for k, v in result.items()} for result in results)
 
 

@@ -365,7 +365,7 @@ def test_one_epoch_run(tiny_config, loss_type, saved):
     if saved:  # the test metrics came from the reloaded best checkpoint
         checkpoint = Path(result["saved_model_file"])
         assert checkpoint.is_file()
-        again = evaluate_checkpoint(str(checkpoint), split="test")
+        again = evaluate_checkpoint(str(checkpoint), splits="test")
         assert dict(again) == pytest.approx(dict(result["test_result"]))
 
 

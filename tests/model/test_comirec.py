@@ -389,7 +389,7 @@ def test_one_epoch_run_reloads_the_best_checkpoint(tiny_config):
     assert result["config"]["learning_rate"] == 0.005 and result["config"]["routing_times"] == 3
     assert _finite_metrics(result["test_result"])
     # The test metrics came from the reloaded best model: evaluating the file again gives the same numbers.
-    again = evaluate_checkpoint(str(checkpoint), split="test")
+    again = evaluate_checkpoint(str(checkpoint), splits="test")
     assert dict(again) == pytest.approx(dict(result["test_result"]))
 
 
