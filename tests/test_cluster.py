@@ -188,7 +188,10 @@ def test_inside_search_on_two_nodes_survives_a_killed_driver(cluster, tmp_path, 
             finished = [t for t, s in statuses.items() if s == "TERMINATED"]
             running = [t for t, s in statuses.items() if s == "RUNNING"]
             partial = [name for name, r in reports.items() if running and 1 <= len(r) < EPOCHS]
-            if len(finished) == 1 and len(running) == 1 and partial:
+            # The saved state and the result files are written apart: under load the state can say TERMINATED
+            # before that trial's last report is on disk, so wait until the files show it too.
+            done = [name for name, r in reports.items() if len(r) == EPOCHS]
+            if len(finished) == 1 and len(running) == 1 and partial and done:
                 os.killpg(driver.pid, signal.SIGKILL)
                 before, killed_after = reports, time.monotonic() - started
                 break

@@ -2,7 +2,9 @@
 
 ``python -m recbole_cmi.benchmark speed --retrieval --catalogues 100k,1m [--retrieval-interactions 200k]
 [--retrieval-users 1000] [--retrieval-train-steps 200] [--ivf-nprobe 8,32] [--hnsw-ef 64,256]
-[--out results/speed-retrieval.md]``
+[--out results/speed-retrieval.md]``, or on trained checkpoints instead of synthetic catalogues:
+``... speed --retrieval --retrieval-checkpoints a.pth,b.pth`` (each on its own test split and catalogue, the same
+evaluations as in step 3 below).
 
 For every catalogue size N, in one process and on ``--threads`` threads (default 1, torch and faiss alike):
 
@@ -69,6 +71,12 @@ def add_arguments(parser) -> None:
     group.add_argument("--ivf-nprobe", default="8,32", help="CMI's IVF settings (lists probed), default 8,32")
     group.add_argument("--hnsw-ef", default="64,256", help="CMI's HNSW settings (efSearch), default 64,256")
     group.add_argument("--hnsw-m", type=int, default=None, help="HNSW links per node (default: faiss_hnsw_m's)")
+    group.add_argument(
+        "--retrieval-checkpoints",
+        default="",
+        help="comma-separated trained checkpoints (e.g. the accuracy benchmark's --keep_checkpoints): measure each "
+        "on its own test split and catalogue instead of the synthetic catalogues",
+    )
 
 
 def check_arguments(parser, args) -> None:
@@ -83,6 +91,13 @@ def check_arguments(parser, args) -> None:
         parser.error(f"retrieval benchmark: {err}")
     if any(n < 1000 for _, n in args.catalogue_sizes):
         parser.error("--catalogues: at least 1k items each")
+    args.checkpoint_files = [p.strip() for p in args.retrieval_checkpoints.split(",") if p.strip()]
+    for path in args.checkpoint_files:
+        from recbole_cmi.paths import describe_unreadable
+
+        problem = describe_unreadable(path, "--retrieval-checkpoints: checkpoint file")
+        if problem:
+            parser.error(problem)
     if args.hnsw_m is None:
         from recbole_cmi.retrieval import RetrievalSettings
 
@@ -142,11 +157,10 @@ def _overlap(found, exact) -> float:
     return float((hits.any(dim=1).sum(dim=1) / (exact > 0).sum(dim=1).clamp(min=1)).mean())
 
 
-def bench_model(model_name: str, dataset, args, folder: Path, label: str, n_items: int) -> list[RetrievalResult]:
+def bench_model(model_name: str, dataset, args, folder: Path, label: str) -> list[RetrievalResult]:
+    """Train ``model_name`` briefly on the synthetic catalogue, then :func:`measure` it."""
     from recbole_cmi.benchmark.measure import _train_step, common_config
-    from recbole_cmi.memory import PeakMemory, release_memory
     from recbole_cmi.quick_start import build_pipeline
-    from recbole_cmi.retrieval import build_item_index
 
     overrides = {"sparse_item_updates": True} if model_name == "CMI" else {"loss_type": "BPR"}
     settings = {
@@ -159,9 +173,7 @@ def bench_model(model_name: str, dataset, args, folder: Path, label: str, n_item
         **overrides,
     }
     pipeline = build_pipeline(model_name, "bench", config_dict=settings, data=dataset, log=False)
-    config, model, trainer = pipeline.config, pipeline.model, pipeline.trainer
-    train_data, test_data = pipeline.train_data, pipeline.test_data
-    trainer.tot_item_num = test_data._dataset.item_num
+    model, trainer, train_data = pipeline.model, pipeline.trainer, pipeline.train_data
     model.train()
     batches = iter(train_data)
     for _ in range(args.retrieval_train_steps):
@@ -170,9 +182,29 @@ def bench_model(model_name: str, dataset, args, folder: Path, label: str, n_item
         except StopIteration:
             batches = iter(train_data)
             interaction = next(batches)
-        _train_step(model, trainer.optimizer, interaction.to(config["device"]))
-    model.eval()
+        _train_step(model, trainer.optimizer, interaction.to(pipeline.config["device"]))
+    return measure(pipeline, args, label, model_name)
 
+
+def run_checkpoint(path: str, args) -> list[RetrievalResult]:
+    """Exact against faiss on a trained checkpoint's own test split (all its items; ``--retrieval-users`` users)."""
+    from recbole_cmi.quick_start import restore_pipeline
+
+    pipeline = restore_pipeline(path)
+    pipeline.config["metrics"], pipeline.config["topk"] = ["Recall", "NDCG"], [20, 50]  # ACCURACY_METRICS
+    pipeline.build_trainer()
+    return measure(pipeline, args, pipeline.config["dataset"], pipeline.config["model"])
+
+
+def measure(pipeline, args, label: str, model_name: str) -> list[RetrievalResult]:
+    """Evaluate ``pipeline``'s model exactly, then with every faiss setting of :func:`_settings`."""
+    from recbole_cmi.memory import PeakMemory, release_memory
+    from recbole_cmi.retrieval import build_item_index
+
+    config, model, trainer, test_data = pipeline.config, pipeline.model, pipeline.trainer, pipeline.test_data
+    trainer.tot_item_num = test_data._dataset.item_num
+    n_items = test_data._dataset.item_num - 1
+    model.eval()
     results, exact_top, index, index_key = [], None, None, None
     for label_text, retrieval, key in _settings(args, model_name):
         result = RetrievalResult(catalogue=label, items=n_items, model=model_name, retrieval=label_text)
@@ -239,7 +271,7 @@ def run_catalogue(label: str, n_items: int, args, workdir: Path) -> list[Retriev
     )
     results = []
     for model_name in ("CMI", "SASRec"):
-        results += bench_model(model_name, dataset, args, folder, label, dataset.item_num - 1)
+        results += bench_model(model_name, dataset, args, folder, label)
         release_memory()
     return results
 
@@ -257,13 +289,7 @@ def format_report(results: list[RetrievalResult], args, environment: dict, comma
         "",
         f"- Machine: {machine_text(environment['machine'])}; torch and faiss threads: {args.threads or 1}",
         f"- Versions: {versions_text(environment['versions'])}, faiss {_faiss_version()}",
-        f"- Data: a synthetic log of {args.log_interactions:,} interactions (`fast` generator, {args.categories} "
-        f"latent categories, seed {args.seed}) over a catalogue of N items (an item file lists all of them; most "
-        f"never occur in the log). d = {args.d}, MAX_ITEM_LIST_LENGTH {args.max_len}, {args.eval_batch_size} "
-        f"users per evaluation batch, history items excluded.",
-        f"- Models: CMI (m = {args.num_interest}, sparse item updates) and SASRec (BPR), "
-        f"{args.retrieval_train_steps} training steps of {args.batch_size} rows each; one checkpoint per model "
-        "and catalogue, evaluated every way below.",
+        *(_checkpoint_lines(args) if args.checkpoint_files else _synthetic_lines(args)),
         f"- Evaluation: {args.retrieval_users} test users through the trainer's full-sort path and RecBole's "
         "collector and evaluator. ms/user excludes the index build (paid once per evaluation, its own column); "
         "peak RSS: rise above the level before the build. Recall@50 and NDCG@20 relative to the same model's "
@@ -291,6 +317,27 @@ def format_report(results: list[RetrievalResult], args, environment: dict, comma
         )
     lines.append(markdown_table(header, rows, "lll" + "r" * 9))
     return "\n".join(lines) + "\n"
+
+
+def _synthetic_lines(args) -> list[str]:
+    return [
+        f"- Data: a synthetic log of {args.log_interactions:,} interactions (`fast` generator, {args.categories} "
+        f"latent categories, seed {args.seed}) over a catalogue of N items (an item file lists all of them; most "
+        f"never occur in the log). d = {args.d}, MAX_ITEM_LIST_LENGTH {args.max_len}, {args.eval_batch_size} "
+        f"users per evaluation batch, history items excluded.",
+        f"- Models: CMI (m = {args.num_interest}, sparse item updates) and SASRec (BPR), "
+        f"{args.retrieval_train_steps} training steps of {args.batch_size} rows each; one checkpoint per model "
+        "and catalogue, evaluated every way below.",
+    ]
+
+
+def _checkpoint_lines(args) -> list[str]:
+    names = ", ".join(f"`{Path(p).name}`" for p in args.checkpoint_files)
+    return [
+        f"- Data and models: trained checkpoints ({names}), each on its own dataset's test split and whole "
+        "catalogue, with the settings it was trained with (history exclusion, evaluation batch); first "
+        f"{args.retrieval_users} test users.",
+    ]
 
 
 def _ratio(value, reference) -> str:
@@ -328,7 +375,9 @@ def run(args, argv) -> int:
     with tempfile.TemporaryDirectory(prefix="recbole_cmi_retrieval_") as tmp:
         os.chdir(tmp)  # RecBole's trainer writes log_tensorboard/ under the working directory
         try:
-            for label, n_items in args.catalogue_sizes:
+            for path in args.checkpoint_files:
+                results += run_checkpoint(os.path.join(cwd, path), args)
+            for label, n_items in [] if args.checkpoint_files else args.catalogue_sizes:
                 results += run_catalogue(label, n_items, args, Path(tmp))
         finally:
             os.chdir(cwd)
