@@ -41,7 +41,18 @@ from pathlib import Path
 
 import yaml
 
-from recbole_cmi.benchmark import accuracy
+from recbole_cmi.benchmark.accuracy_settings import (
+    DEFAULT_MODELS,
+    DEFAULT_TUNED,
+    FIRST_SEED,
+    PROTOCOLS,
+    BenchmarkSettings,
+    display_path,
+    model_names,
+    shared_config,
+    tuned_dir,
+    utc_stamp,
+)
 from recbole_cmi.cli import OneLineArgumentParser, config_file_names, parse_with_config_values, run_cli
 from recbole_cmi.errors import ConfigValueError, RecboleCmiError
 from recbole_cmi.files import plain, write_json, write_text
@@ -65,12 +76,12 @@ RESERVED_KEYS = {
 class TuneSettings:
     dataset: str
     epochs: int
-    models: list[str] = field(default_factory=lambda: list(accuracy.DEFAULT_MODELS))
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     trials: int = 12
     grace: int = 1
     reduction_factor: float = 2.0
     protocol: str = "loo"
-    seed: int = accuracy.FIRST_SEED
+    seed: int = FIRST_SEED
     search_seed: int = 2022
     hyper_dir: str | None = None  # None: the package's properties/hyper/benchmark
     search_dir: str | None = None  # None: ray_results/tune-<dataset>-<protocol>
@@ -114,13 +125,13 @@ def build_parser() -> OneLineArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--dataset", "-d", help="dataset name (bundled, ./dataset/<name>, or under --data_path)")
-    parser.add_argument("--models", default=",".join(accuracy.DEFAULT_MODELS), help="comma-separated model names")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names")
     parser.add_argument("--trials", type=int, default=12, help="trials per model (random search, distinct points)")
     parser.add_argument("--epochs", type=int, default=None, help="epoch cap of every trial (required)")
     parser.add_argument("--grace", type=int, default=1, help="ASHA grace period: epochs before a trial can stop")
     parser.add_argument("--reduction_factor", type=float, default=2.0, help="ASHA reduction factor")
     parser.add_argument("--protocol", default="loo", help="loo or multi_target: the validation split searched")
-    parser.add_argument("--seed", type=int, default=accuracy.FIRST_SEED, help="training seed of every trial")
+    parser.add_argument("--seed", type=int, default=FIRST_SEED, help="training seed of every trial")
     parser.add_argument("--search_seed", type=int, default=2022, help="seed of the points drawn")
     parser.add_argument(
         "--hyper_dir", default=None, help="folder of <Model>.hyper (default properties/hyper/benchmark)"
@@ -201,8 +212,8 @@ def _check_settings(settings: TuneSettings) -> tuple[list[str], dict]:
     """Model class names and, per model, ``(hyper file, points)``; every problem before any search starts."""
     from recbole_cmi.tune.space import choice_combinations, parse_hyper_file
 
-    if settings.protocol not in accuracy.PROTOCOLS:
-        raise ConfigValueError(f"--protocol={settings.protocol!r} (one of {', '.join(accuracy.PROTOCOLS)})")
+    if settings.protocol not in PROTOCOLS:
+        raise ConfigValueError(f"--protocol={settings.protocol!r} (one of {', '.join(PROTOCOLS)})")
     for name in ("trials", "epochs", "grace"):
         value = getattr(settings, name)
         if not isinstance(value, int) or value < 1:
@@ -212,7 +223,7 @@ def _check_settings(settings: TuneSettings) -> tuple[list[str], dict]:
     for key, option in RESERVED_KEYS.items():
         if key in settings.overrides:
             raise ConfigValueError(f"--{key} is set by the tune command; use {option}")
-    models = accuracy.model_names(settings.models)
+    models = model_names(settings.models)
     hyper_dir = _hyper_dir(settings.hyper_dir)
     spaces, grids = {}, {}
     for model in models:
@@ -247,10 +258,8 @@ def _hyper_dir(value: str | None) -> Path:
 def search_config(settings: TuneSettings) -> dict:
     """The config dict every trial of every model gets: the accuracy benchmark's shared config, the epoch cap, the
     training seed, and the published defaults (no tuned layer)."""
-    bench = accuracy.BenchmarkSettings(
-        dataset=settings.dataset, protocol=settings.protocol, overrides=settings.overrides
-    )
-    shared = accuracy.shared_config(bench)
+    bench = BenchmarkSettings(dataset=settings.dataset, protocol=settings.protocol, overrides=settings.overrides)
+    shared = shared_config(bench)
     shared.update(epochs=settings.epochs, seed=settings.seed, use_tuned_values=False)
     return shared
 
@@ -346,7 +355,7 @@ def tune_model(settings: TuneSettings, model: str, space: tuple, shared: dict, o
         result.error = result.error or f"no best trial in {output}"
         return result
     result.best = _read_json(output / SUMMARY_FILE, None)
-    folder = accuracy.tuned_dir(settings.tuned_dir or accuracy.DEFAULT_TUNED)  # where accuracy --tuned looks
+    folder = tuned_dir(settings.tuned_dir or DEFAULT_TUNED)  # where accuracy --tuned looks
     result.tuned_file = folder / settings.dataset / f"{model}.yaml"
     result.tuned_file.parent.mkdir(parents=True, exist_ok=True)
     write_text(result.tuned_file, tuned_yaml(settings, result, output))
@@ -413,13 +422,13 @@ def tuned_yaml(settings: TuneSettings, result: ModelTuning, output: Path) -> str
         "(python -m recbole_cmi.benchmark tune); these values replace the model's published defaults on this "
         "dataset only (properties/model/<Model>.yaml, RecBole's own for core models).",
         f"Command: {settings.command or '(from Python: recbole_cmi.benchmark.tune.run_tuning)'}",
-        f"Space: {accuracy._display_path(result.hyper_file)} ({result.points or 'continuous'} points).",
+        f"Space: {display_path(result.hyper_file)} ({result.points or 'continuous'} points).",
         f"Search: {search_line(settings, shared)}"
         + (f", stopping_step {result.stopping_step}." if result.stopping_step is not None else "."),
         f"Trials: {_statuses_text(result.statuses)}; search wall time {result.wall_s} s.",
         f"Best trial {best['trial_id']}: valid {best['valid_metric']} = {best['best_valid_score']} after "
         f"{_epochs_to_best(best)} epochs (the test set was not used for the choice).",
-        f"Written {accuracy._now()}; trials: {accuracy._display_path(output / 'trials.md')}.",
+        f"Written {utc_stamp()}; trials: {display_path(output / 'trials.md')}.",
     ]
     return _wrap_comment(header) + _documented_values(plain(best["params"]), result.hyper_file)
 
@@ -471,7 +480,7 @@ def summary_markdown(settings: TuneSettings, spec: dict, results: list[ModelTuni
         f"# {settings.dataset}: equal-budget tuning under protocol `{settings.protocol}`",
         "",
         f"- **Search** (the same for every model): {search_line(settings, shared)}; each model's space is "
-        f"`<Model>.hyper` in `{accuracy._display_path(_hyper_dir(settings.hyper_dir))}` (one learning-rate grid "
+        f"`<Model>.hyper` in `{display_path(_hyper_dir(settings.hyper_dir))}` (one learning-rate grid "
         "for all, plus the model's own main knobs); trials start from the published defaults (no tuned layer).",
         "- **Selection**: the best validation score of each trial; the best trial's values become "
         "`<tuned_dir>/<dataset>/<Model>.yaml`. The test set is never used for the choice.",
@@ -483,7 +492,7 @@ def summary_markdown(settings: TuneSettings, spec: dict, results: list[ModelTuni
         values = ", ".join(f"{k}: {v}" for k, v in (r.best or {}).get("params", {}).items()) or r.error
         score = f"{r.best['best_valid_score']:.4f}" if r.best else "–"
         epoch = _epochs_to_best(r.best)
-        tuned = accuracy._display_path(r.tuned_file) if r.tuned_file else "–"
+        tuned = display_path(r.tuned_file) if r.tuned_file else "–"
         table.append(
             [r.model, r.points or "–", _statuses_text(r.statuses), score, epoch, values, r.wall_s or "–", tuned]
         )
