@@ -66,7 +66,7 @@ def _folder_name(label: str) -> str:
 
 def _interrupted_checkpoint(run_dir: Path, spec: dict) -> Path | None:
     """The ``-last`` checkpoint an interrupted run of ``spec`` left in ``run_dir``; None if there is none to use."""
-    from recbole_cmi.trainer import last_checkpoint_path
+    from recbole_cmi.trainer_checkpoint import last_checkpoint_path
 
     earlier = _read_result(run_dir / "spec.json")
     same = earlier is not None and all(earlier.get(k) == spec[k] for k in ("model", "config_files", "config_dict"))
@@ -130,7 +130,9 @@ def _drop_checkpoints(saved: Path, keep_best: bool) -> None:
     if not keep_best:
         shutil.rmtree(saved, ignore_errors=True)
         return
-    for path in saved.glob("*-last.pth"):  # recbole_cmi.trainer.last_checkpoint_path's name: resuming state only
+    for path in saved.glob(
+        "*-last.pth"
+    ):  # recbole_cmi.trainer_checkpoint.last_checkpoint_path's name: resuming state only
         path.unlink(missing_ok=True)
 
 
