@@ -16,7 +16,8 @@ from recbole_cmi.benchmark import report_runs
 from recbole_cmi.benchmark.__main__ import main as benchmark_main
 from recbole_cmi.benchmark.accuracy import run_benchmark
 from recbole_cmi.benchmark.accuracy_settings import DEFAULT_MODELS, BenchmarkSettings
-from recbole_cmi.benchmark.tune import TuneSettings, _check_settings, run_tuning
+from recbole_cmi.benchmark.tune import _check_settings, run_tuning
+from recbole_cmi.benchmark.tune_settings import TuneSettings
 from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.tune import SearchSettings, parse_hyper_file
 
