@@ -80,7 +80,7 @@ LAUNCH_OPTIONS = ("--nproc", "--world_size", "--ip", "--port", "--group_offset")
 def _run(args, saved: bool, config_dict: dict) -> int:
     from recbole_cmi import quick_start
     from recbole_cmi.distributed import torchrun_settings
-    from recbole_cmi.trainer import last_checkpoint_path
+    from recbole_cmi.trainer_checkpoint import last_checkpoint_path
 
     config_files = check_config_files(config_file_names(args.config_files)) or None
     if torchrun_settings() is not None:

@@ -128,8 +128,15 @@ def export(checkpoint, out, faiss_index: str | None = None, trust_checkpoint: bo
         for user, items in user_sequences(dataset).items():
             f.write(f"{user}\t{' '.join(str(tokens[i]) for i in items)}\n")
 
+    manifest = _manifest(config, model, vectors, settings, index, history_length, faiss)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _manifest(config, model, vectors, settings, index, history_length: int, faiss) -> dict:
+    """``manifest.json``: what the exported files hold and how a user is scored against an item."""
     multi = is_multi_interest(model)
-    manifest = {
+    return {
         "format": FORMAT,
         "model": config["model"],
         "dataset": config["dataset"],
@@ -159,8 +166,6 @@ def export(checkpoint, out, faiss_index: str | None = None, trust_checkpoint: bo
         "files": dict(FILES),
         "versions": _versions(faiss),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    return manifest
 
 
 def _versions(faiss) -> dict:

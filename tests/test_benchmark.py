@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from conftest import TINY_SETTINGS, unpadded
 
-from recbole_cmi.benchmark import report
+from recbole_cmi.benchmark import report, report_charts, report_runs, report_sections, report_stats
 from recbole_cmi.benchmark.__main__ import SUBCOMMANDS
 from recbole_cmi.benchmark.__main__ import main as benchmark_main
-from recbole_cmi.benchmark.accuracy import BenchmarkSettings, config_sha, run_benchmark, shared_config
+from recbole_cmi.benchmark.accuracy import run_benchmark
+from recbole_cmi.benchmark.accuracy_settings import BenchmarkSettings, config_sha, shared_config
 from recbole_cmi.cli import OneLineArgumentParser, config_values
 from recbole_cmi.errors import ConfigValueError, UnknownModelError
 from recbole_cmi.memory import cuda_peak_mib, peak_rss_mib
@@ -65,7 +66,7 @@ def test_two_models_two_seeds_write_the_csv_and_the_table_from_it(two_by_two):
         folder / "loo.csv", folder / "loo.md", folder / "loo.png",
     )  # fmt: skip
     assert sorted(os.listdir(folder)) == ["loo-curves.png", "loo.csv", "loo.md", "loo.png"]  # no temporary file
-    rows = [r for r in report.read_runs(outcome.csv_path) if r["status"] == "ok"]
+    rows = [r for r in report_runs.read_runs(outcome.csv_path) if r["status"] == "ok"]
     assert [(r["model"], r["seed"]) for r in rows] == [
         ("SASRec", "2022"), ("GRU4Rec", "2022"), ("SASRec", "2023"), ("GRU4Rec", "2023"),
     ]  # fmt: skip
@@ -107,7 +108,7 @@ def test_two_models_two_seeds_write_the_csv_and_the_table_from_it(two_by_two):
 def test_a_failing_model_is_recorded_and_the_others_continue(two_by_two):
     outcome, given = two_by_two
     tmp_path = Path(given.work_dir).parent
-    rows = report.read_runs(outcome.csv_path)
+    rows = report_runs.read_runs(outcome.csv_path)
     assert [(r["model"], r["status"]) for r in rows] == [
         ("SASRec", "ok"), ("GRU4Rec", "ok"), ("ComiRecSA", "failed"),
         ("SASRec", "ok"), ("GRU4Rec", "ok"), ("ComiRecSA", "failed"),
@@ -124,10 +125,10 @@ def test_a_failing_model_is_recorded_and_the_others_continue(two_by_two):
 
 def test_resume_skips_finished_runs_and_refuses_another_config(two_by_two):
     outcome, given = two_by_two
-    finished = [(r["model"], r["seed"]) for r in report.read_runs(outcome.csv_path) if r["status"] == "ok"]
+    finished = [(r["model"], r["seed"]) for r in report_runs.read_runs(outcome.csv_path) if r["status"] == "ok"]
     # Only the failed runs run again (and fail again); the finished ones are kept as they were.
     again = run_benchmark(dataclasses.replace(given, resume=True))
-    rows = report.read_runs(again.csv_path)
+    rows = report_runs.read_runs(again.csv_path)
     assert [(r["model"], r["seed"]) for r in rows if r["status"] == "ok"] == finished
     assert sorted((r["model"], r["seed"]) for r in rows if r["status"] != "ok") == [
         ("ComiRecSA", "2022"), ("ComiRecSA", "2023"),
@@ -139,7 +140,7 @@ def test_resume_skips_finished_runs_and_refuses_another_config(two_by_two):
 
 def test_the_paired_comparison_of_the_real_runs(two_by_two):
     outcome, _ = two_by_two
-    rows = report.read_runs(outcome.csv_path)
+    rows = report_runs.read_runs(outcome.csv_path)
     text = unpadded(outcome.md_path.read_text())
     # No CMI among the models: the first one listed (SASRec) is compared with the others, and the heading says so.
     assert "## Paired comparison (SASRec − baseline, paired by seed; CMI was not run" in text
@@ -147,17 +148,17 @@ def test_the_paired_comparison_of_the_real_runs(two_by_two):
         value = {(r["model"], r["seed"]): float(r[f"test_{key}"]) for r in rows if r["status"] == "ok"}
         diffs = [value["SASRec", seed] - value["GRU4Rec", seed] for seed in ("2022", "2023")]
         mean = statistics.fmean(diffs)
-        if max(diffs) - min(diffs) <= report.ZERO_SPREAD:
+        if max(diffs) - min(diffs) <= report_stats.ZERO_SPREAD:
             p = "no p-value: all 2 differences are equal (zero variance)"
         else:  # two pairs: t has 1 degree of freedom, whose CDF is 1/2 + atan(t) / pi
             t = mean / (statistics.stdev(diffs) / math.sqrt(2))
-            p = report.format_p(1 - 2 * math.atan(abs(t)) / math.pi)
+            p = report_stats.format_p(1 - 2 * math.atan(abs(t)) / math.pi)
         assert f"| GRU4Rec | {label} | {mean:+.4f} | 2 | {p} |" in text
         assert f"| ComiRecSA | {label} | – | 0 | n/a (need ≥ 2 paired seeds) |" in text  # it never finished
 
 
 def test_paired_t_test_on_hand_computed_numbers():
-    test = report.paired_t_test([0.11, 0.22, 0.33], [0.10, 0.20, 0.30])  # differences 0.01, 0.02, 0.03
+    test = report_stats.paired_t_test([0.11, 0.22, 0.33], [0.10, 0.20, 0.30])  # differences 0.01, 0.02, 0.03
     assert test.n == 3 and test.mean_diff == pytest.approx(0.02) and test.note == ""
     # t = mean / (sd / sqrt(n)) = 0.02 / (0.01 / sqrt(3)); with n - 1 = 2 degrees of freedom the t CDF is
     # 1/2 + t / (2 sqrt(2 + t^2)), so the two-sided p-value is 1 - t / sqrt(2 + t^2) (0.0742).
@@ -165,14 +166,14 @@ def test_paired_t_test_on_hand_computed_numbers():
     assert test.p_value == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
     assert test.p_value == pytest.approx(0.07418, abs=1e-5)
     # The sign follows reference - baseline.
-    assert report.paired_t_test([0.10, 0.20, 0.30], [0.11, 0.22, 0.33]).mean_diff == pytest.approx(-0.02)
-    one = report.paired_t_test([0.3], [0.1])
+    assert report_stats.paired_t_test([0.10, 0.20, 0.30], [0.11, 0.22, 0.33]).mean_diff == pytest.approx(-0.02)
+    one = report_stats.paired_t_test([0.3], [0.1])
     assert (one.n, one.p_value, one.note) == (1, None, "n/a (need ≥ 2 paired seeds)")
     assert one.mean_diff == pytest.approx(0.2)
-    none = report.paired_t_test([], [])
+    none = report_stats.paired_t_test([], [])
     assert (none.n, none.mean_diff, none.p_value) == (0, None, None)
     # Equal differences (up to float noise of a - b): no t-test rather than nan or a spurious tiny p.
-    equal = report.paired_t_test([0.11, 0.22, 0.33], [0.06, 0.17, 0.28])
+    equal = report_stats.paired_t_test([0.11, 0.22, 0.33], [0.06, 0.17, 0.28])
     assert equal.p_value is None and equal.note == "no p-value: all 3 differences are equal (zero variance)"
     assert equal.mean_diff == pytest.approx(0.05)
 
@@ -191,15 +192,17 @@ def hand_rows() -> list[dict]:
 
 def test_runs_are_paired_by_seed_where_both_finished():
     rows = hand_rows()
-    assert report.paired_values(rows, "CMI", "SASRec", "test_recall@20") == (
+    assert report_stats.paired_values(rows, "CMI", "SASRec", "test_recall@20") == (
         ["2022", "2023", "2024"], [0.11, 0.22, 0.33], [0.10, 0.20, 0.30],
     )  # fmt: skip
-    assert report.paired_values(rows, "CMI", "GRU4Rec", "test_recall@20") == (["2022"], [0.11], [0.05])
-    assert report.paired_keys(["recall@10", "recall@20", "ndcg@20", "recall@50"], "Recall@50") == [
+    assert report_stats.paired_values(rows, "CMI", "GRU4Rec", "test_recall@20") == (["2022"], [0.11], [0.05])
+    assert report_sections.paired_keys(["recall@10", "recall@20", "ndcg@20", "recall@50"], "Recall@50") == [
         "recall@20", "ndcg@20", "recall@50",
     ]  # fmt: skip
-    assert report.paired_keys(["hit@5", "mrr@5", "ndcg@5"], None) == ["hit@5", "mrr@5"]
-    lines = unpadded(report.paired_section(rows, ["SASRec", "CMI", "GRU4Rec"], ["recall@20", "ndcg@20"], "NDCG@20"))
+    assert report_sections.paired_keys(["hit@5", "mrr@5", "ndcg@5"], None) == ["hit@5", "mrr@5"]
+    lines = unpadded(
+        report_sections.paired_section(rows, ["SASRec", "CMI", "GRU4Rec"], ["recall@20", "ndcg@20"], "NDCG@20")
+    )
     assert lines[0] == "## Paired comparison (CMI − baseline, paired by seed)"  # CMI, wherever it is listed
     t = 0.02 / (0.01 / math.sqrt(3))
     p = 1 - t / math.sqrt(2 + t * t)  # as in the test above: 0.0742
@@ -209,21 +212,24 @@ def test_runs_are_paired_by_seed_where_both_finished():
     assert "| GRU4Rec | NDCG@20 | +0.0350 | 1 | n/a (need ≥ 2 paired seeds) |" in lines
     assert not any("| CMI |" in line for line in lines)
     assert "NDCG@20 is the validation metric" in lines[2]
-    other = unpadded(report.paired_section(rows, ["SASRec", "GRU4Rec"], ["recall@20"], None))
+    other = unpadded(report_sections.paired_section(rows, ["SASRec", "GRU4Rec"], ["recall@20"], None))
     assert other[0].startswith("## Paired comparison (SASRec − baseline, paired by seed; CMI was not run")
     assert "| GRU4Rec | Recall@20 | +0.0500 | 1 | n/a (need ≥ 2 paired seeds) |" in other
-    assert report.paired_section(rows, ["CMI"], ["recall@20"], None) == []  # nothing to compare with
+    assert report_sections.paired_section(rows, ["CMI"], ["recall@20"], None) == []  # nothing to compare with
 
 
 def test_the_chart_is_written_atomically_next_to_the_table(tmp_path):
-    summaries = report.summarize(hand_rows(), ["CMI", "SASRec", "GRU4Rec"])
-    keys = report.chart_keys(["recall@10", "recall@20", "ndcg@20"])
-    assert keys == ["recall@20", "ndcg@20"] and report.chart_keys(["hit@5", "mrr@5", "ndcg@5"]) == ["hit@5", "mrr@5"]
-    assert report.write_chart(tmp_path / "loo.png", summaries, keys, "tiny, protocol loo") is None
+    summaries = report_stats.summarize(hand_rows(), ["CMI", "SASRec", "GRU4Rec"])
+    keys = report_charts.chart_keys(["recall@10", "recall@20", "ndcg@20"])
+    assert keys == ["recall@20", "ndcg@20"] and report_charts.chart_keys(["hit@5", "mrr@5", "ndcg@5"]) == [
+        "hit@5",
+        "mrr@5",
+    ]
+    assert report_charts.write_chart(tmp_path / "loo.png", summaries, keys, "tiny, protocol loo") is None
     assert png_size(tmp_path / "loo.png") == (560, 360)  # 3 models: 1.2 * 3 + 2 inches wide at 100 dpi
     assert os.listdir(tmp_path) == ["loo.png"]  # the temporary file was renamed
-    failed = report.summarize([{"model": "A", "status": "failed"}], ["A"])
-    assert report.write_chart(tmp_path / "none.png", failed, keys) == "no chart yet: no finished run"
+    failed = report_stats.summarize([{"model": "A", "status": "failed"}], ["A"])
+    assert report_charts.write_chart(tmp_path / "none.png", failed, keys) == "no chart yet: no finished run"
     assert not (tmp_path / "none.png").exists()
 
 
@@ -236,7 +242,7 @@ def test_without_matplotlib_the_benchmark_skips_the_chart_with_one_line(tiny_dat
     sha = config_sha(given, shared_config(given))
     rows = [{"model": m, "seed": s, "status": "ok", "config_sha": sha, "test_recall@20": v, "test_ndcg@20": v / 2}
             for m, s, v in (("SASRec", 2022, 0.3), ("GRU4Rec", 2022, 0.2), ("SASRec", 2023, 0.4), ("GRU4Rec", 2023, 0.25))]  # fmt: skip
-    report.write_runs(folder / "loo.csv", rows)
+    report_runs.write_runs(folder / "loo.csv", rows)
     # Every run finished in the csv at <out>/<dataset>/<protocol>.csv: --resume runs nothing, only rewrites.
     outcome = run_benchmark(given)
     assert outcome.png_path is None and not (folder / "loo.png").exists()
@@ -263,7 +269,7 @@ def test_memory_of_this_process():
 
 def test_a_run_past_its_timeout_is_recorded(tiny_data_root, tmp_path):
     outcome = run_benchmark(settings(tiny_data_root, tmp_path, models=["GRU4Rec"], seeds=1, run_timeout=0.5))
-    (row,) = report.read_runs(outcome.csv_path)
+    (row,) = report_runs.read_runs(outcome.csv_path)
     assert row["status"] == "failed" and row["error"] == "stopped after --run_timeout=0.5 s"
 
 
@@ -274,11 +280,11 @@ def test_mean_and_sample_std_of_the_summary():
         {"model": "A", "status": "failed", "test_recall@10": ""},
         {"model": "B", "status": "ok", "test_recall@10": "0.2", "epochs_run": "1", "epochs": "3"},
     ]
-    a, b = report.summarize(rows, ["A", "B"])
+    a, b = report_stats.summarize(rows, ["A", "B"])
     assert a.metrics["recall@10"] == pytest.approx((0.2, statistics.stdev([0.1, 0.3])))
     assert (a.ok, a.runs, a.epochs_capped) == (2, 3, 1)
     assert b.metrics["recall@10"] == (0.2, None)
-    assert report.format_mean_std(b.metrics["recall@10"]) == "0.2000"
+    assert report_stats.format_mean_std(b.metrics["recall@10"]) == "0.2000"
 
 
 def test_option_values_are_read_like_recboles_command_line():
@@ -340,12 +346,12 @@ def test_the_seeds_line_names_the_seeds_of_every_run_in_the_table():
         {"model": "GRU4Rec", "seed": "2025", "status": "ok"},  # kept from an invocation with other --models
         {"model": "ComiRecSA", "seed": "2022", "status": "failed"},  # no finished run: no seed to name
     ]
-    assert report.finished_seeds(rows) == {"CMI": [2022, 2023], "SASRec": [2022], "GRU4Rec": [2025]}
-    assert report.seeds_in_table(rows, [2022]) == [2022, 2023, 2025]
-    assert report.uneven_seeds(rows, [2022]) == " (CMI: 2022, 2023 only; SASRec: 2022 only; GRU4Rec: 2025 only)"
-    assert report.uneven_seeds(rows[:2], [2022, 2023]) == ""
-    assert report.kept_runs(rows, ["CMI", "SASRec"], [2022]) == ["CMI seed 2023", "GRU4Rec seed 2025"]
-    assert report.kept_runs(rows, ["CMI", "SASRec", "GRU4Rec"], [2022, 2023, 2025]) == []
+    assert report_stats.finished_seeds(rows) == {"CMI": [2022, 2023], "SASRec": [2022], "GRU4Rec": [2025]}
+    assert report_stats.seeds_in_table(rows, [2022]) == [2022, 2023, 2025]
+    assert report_stats.uneven_seeds(rows, [2022]) == " (CMI: 2022, 2023 only; SASRec: 2022 only; GRU4Rec: 2025 only)"
+    assert report_stats.uneven_seeds(rows[:2], [2022, 2023]) == ""
+    assert report_stats.kept_runs(rows, ["CMI", "SASRec"], [2022]) == ["CMI seed 2023", "GRU4Rec seed 2025"]
+    assert report_stats.kept_runs(rows, ["CMI", "SASRec", "GRU4Rec"], [2022, 2023, 2025]) == []
 
 
 def test_a_refresh_with_fewer_models_and_seeds_keeps_the_other_runs_and_says_so(two_by_two, tmp_path):
@@ -355,7 +361,7 @@ def test_a_refresh_with_fewer_models_and_seeds_keeps_the_other_runs_and_says_so(
     (out / "tiny" / "loo.csv").write_text(outcome.csv_path.read_text())
     refresh = dataclasses.replace(given, models=["SASRec"], seeds=1, resume=True, out=str(out))
     again = run_benchmark(refresh)  # SASRec seed 2022 is finished: nothing runs, the table is rewritten
-    assert report.read_runs(again.csv_path) == report.read_runs(outcome.csv_path)
+    assert report_runs.read_runs(again.csv_path) == report_runs.read_runs(outcome.csv_path)
     text = unpadded(again.md_path.read_text())
     assert "- **Seeds**: 2022, 2023; cells are" in text  # ComiRecSA never finished: not an uneven model
     assert text.count("| 2/2 |") == 2  # SASRec and GRU4Rec keep both seeds in the table
@@ -364,13 +370,13 @@ def test_a_refresh_with_fewer_models_and_seeds_keeps_the_other_runs_and_says_so(
 
 def test_every_run_records_its_validation_curve_and_whether_it_hit_the_epoch_cap(two_by_two):
     outcome, given = two_by_two
-    rows = [r for r in report.read_runs(outcome.csv_path) if r["status"] == "ok"]
+    rows = [r for r in report_runs.read_runs(outcome.csv_path) if r["status"] == "ok"]
     for row in rows:
         curve = json.loads(row["valid_curve"])
         assert curve["epoch"] == [1] and set(curve) == {"epoch", "train_s", "ndcg@20"}  # NDCG@20 validates here
         assert curve["ndcg@20"] == [float(row["best_valid_score"])]
         assert curve["train_s"][0] == pytest.approx(float(row["train_s_per_epoch"]), abs=0.006)  # rounded to 0.01
-        assert row["stopped_early"] == "False" and report.hit_cap(row)  # 1 epoch of 1: the cap ended every run
+        assert row["stopped_early"] == "False" and report_runs.hit_cap(row)  # 1 epoch of 1: the cap ended every run
     text = unpadded(outcome.md_path.read_text())
     assert "- **Epoch cap reached** by 4 of 4 finished runs (those runs may not have converged: flagged ⚠" in text
     assert text.count("| **2/2 ⚠** |") == 2  # the at-cap column of SASRec and GRU4Rec
@@ -380,9 +386,9 @@ def test_every_run_records_its_validation_curve_and_whether_it_hit_the_epoch_cap
 
 def test_the_other_convention_is_the_number_of_a_run_configured_so(two_by_two, tiny_data_root, tmp_path):
     outcome, _ = two_by_two  # history ranked (the tiny dataset's default); one epoch, so one checkpoint per run
-    ranked = next(r for r in report.read_runs(outcome.csv_path) if (r["model"], r["seed"]) == ("SASRec", "2022"))
+    ranked = next(r for r in report_runs.read_runs(outcome.csv_path) if (r["model"], r["seed"]) == ("SASRec", "2022"))
     given = settings(tiny_data_root, tmp_path, models=["SASRec"], seeds=1, overrides={"exclude_history_items": True})
-    (excluded,) = report.read_runs(run_benchmark(given).csv_path)
+    (excluded,) = report_runs.read_runs(run_benchmark(given).csv_path)
     assert (ranked["history_excluded"], excluded["history_excluded"]) == ("False", "True")
     metrics = [key[len("test_") :] for key in ranked if key.startswith("test_")]
     assert len(metrics) == 9
@@ -398,11 +404,11 @@ def test_the_other_convention_is_the_number_of_a_run_configured_so(two_by_two, t
 def test_an_interrupted_run_continues_from_its_last_checkpoint_with_resume(tiny_data_root, tmp_path, monkeypatch):
     """Two benchmark runs of 4 epochs (the resumed one and a fresh one to compare): ~30 s on the shared cores."""
     from recbole_cmi import trainer as trainer_module
-    from recbole_cmi.benchmark import accuracy
+    from recbole_cmi.benchmark import accuracy_launch, accuracy_worker
 
     four_epochs = {"epochs": 4, "stopping_step": 10}
     given = settings(tiny_data_root, tmp_path / "a", models=["SASRec"], seeds=1, resume=True, overrides=four_epochs)
-    spec = accuracy.prepare_run(given, "SASRec", 2022, shared_config(given), Path(given.work_dir))
+    spec = accuracy_launch.prepare_run(given, "SASRec", 2022, shared_config(given), Path(given.work_dir))
     original = trainer_module.Trainer._save_last_checkpoint
 
     def killed_after_two_epochs(self, epoch):
@@ -412,13 +418,13 @@ def test_an_interrupted_run_continues_from_its_last_checkpoint_with_resume(tiny_
 
     monkeypatch.setattr(trainer_module.Trainer, "_save_last_checkpoint", killed_after_two_epochs)
     with pytest.raises(KeyboardInterrupt):
-        accuracy.train_and_test(spec)  # the run's own steps, in this process, stopped after epoch 2
+        accuracy_worker.train_and_test(spec)  # the run's own steps, in this process, stopped after epoch 2
     monkeypatch.setattr(trainer_module.Trainer, "_save_last_checkpoint", original)
     assert len(json.loads(Path(spec["progress"]).read_text())["train_seconds"]) == 2
 
-    (resumed,) = report.read_runs(run_benchmark(given).csv_path)  # --resume: epochs 3 and 4 only
+    (resumed,) = report_runs.read_runs(run_benchmark(given).csv_path)  # --resume: epochs 3 and 4 only
     fresh_settings = settings(tiny_data_root, tmp_path / "b", models=["SASRec"], seeds=1, overrides=four_epochs)
-    (fresh,) = report.read_runs(run_benchmark(fresh_settings).csv_path)
+    (fresh,) = report_runs.read_runs(run_benchmark(fresh_settings).csv_path)
     assert (resumed["resumed_at_epoch"], fresh["resumed_at_epoch"]) == ("2", "0")
     assert resumed["epochs_run"] == fresh["epochs_run"] == "4" and resumed["best_epoch"] == fresh["best_epoch"]
     curves = [json.loads(row["valid_curve"]) for row in (resumed, fresh)]
@@ -429,7 +435,7 @@ def test_an_interrupted_run_continues_from_its_last_checkpoint_with_resume(tiny_
 
 
 def test_a_higher_epoch_cap_keeps_the_runs_early_stopping_ended_and_reruns_the_capped(tiny_data_root, tmp_path, capsys):
-    from recbole_cmi.benchmark.accuracy import _previous_rows
+    from recbole_cmi.benchmark.accuracy_launch import previous_rows
 
     low = settings(tiny_data_root, tmp_path, resume=True, overrides={"epochs": 2})
     sha = config_sha(low, shared_config(low))
@@ -440,18 +446,18 @@ def test_a_higher_epoch_cap_keeps_the_runs_early_stopping_ended_and_reruns_the_c
         {**common, "model": "SASRec", "seed": "2023", "status": "failed"},
     ]
     csv_path = tmp_path / "loo.csv"
-    report.write_runs(csv_path, rows)
+    report_runs.write_runs(csv_path, rows)
     high = dataclasses.replace(low, overrides={**low.overrides, "epochs": 5})
-    kept = _previous_rows(csv_path, high, shared_config(high), {})
+    kept = previous_rows(csv_path, high, shared_config(high), {})
     assert [(r["model"], r["seed"], r["test_ndcg@20"]) for r in kept] == [("SASRec", "2022", "0.2")]
     assert kept[0]["config_sha"] == config_sha(high, shared_config(high)) != sha
     assert "run again: GRU4Rec seed 2022, SASRec seed 2023" in capsys.readouterr().out
     lower = dataclasses.replace(low, overrides={**low.overrides, "epochs": 1})  # a lower cap is another config
     with pytest.raises(ConfigValueError, match="another shared config"):
-        _previous_rows(csv_path, lower, shared_config(lower), {})
+        previous_rows(csv_path, lower, shared_config(lower), {})
     other = dataclasses.replace(high, overrides={**high.overrides, "train_batch_size": 32})  # and so is any other key
     with pytest.raises(ConfigValueError, match="another shared config"):
-        _previous_rows(csv_path, other, shared_config(other), {})
+        previous_rows(csv_path, other, shared_config(other), {})
 
 
 def test_a_variant_is_a_row_of_its_own_with_its_settings_and_its_best_checkpoint_kept(tiny_data_root, tmp_path):
@@ -464,7 +470,7 @@ def test_a_variant_is_a_row_of_its_own_with_its_settings_and_its_best_checkpoint
         conventions="config",
     )
     outcome = run_benchmark(given)
-    rows = {row["model"]: row for row in report.read_runs(outcome.csv_path)}
+    rows = {row["model"]: row for row in report_runs.read_runs(outcome.csv_path)}
     assert set(rows) == {"GRU4Rec", "GRU4Rec_deep"} and all(r["status"] == "ok" for r in rows.values())
     assert (
         rows["GRU4Rec"]["variant"] == "" and rows["GRU4Rec_deep"]["variant"] == "GRU4Rec:dropout_prob=0.5,num_layers=2"
@@ -483,7 +489,7 @@ def test_a_variant_is_a_row_of_its_own_with_its_settings_and_its_best_checkpoint
 
 
 def test_variant_labels_are_checked_before_any_run(tiny_data_root, tmp_path):
-    from recbole_cmi.benchmark.accuracy import model_variants
+    from recbole_cmi.benchmark.accuracy_settings import model_variants
 
     (plain, unlabelled) = model_variants(["SASRec,SASRec:n_layers=1"])
     assert (plain.label, plain.model, plain.overrides, plain.text) == ("SASRec", "SASRec", {}, "")

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import unpadded
 
-from recbole_cmi.benchmark import report
-from recbole_cmi.benchmark.accuracy import history_excluded, ranking_convention
+from recbole_cmi.benchmark import report_charts, report_runs, report_sections, report_stats
+from recbole_cmi.benchmark.accuracy_worker import history_excluded, ranking_convention
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -109,20 +109,20 @@ def test_multi_target_one_checkpoint_both_conventions_against_a_brute_force_rank
 
 
 def test_a_run_hit_the_cap_when_it_trained_every_epoch_without_early_stopping():
-    assert report.hit_cap({"epochs": "10", "epochs_run": "10", "stopped_early": "False"})
+    assert report_runs.hit_cap({"epochs": "10", "epochs_run": "10", "stopped_early": "False"})
     # Early stopping ended it at the very last epoch: converged, not capped.
-    assert not report.hit_cap({"epochs": "10", "epochs_run": "10", "stopped_early": "True"})
-    assert not report.hit_cap({"epochs": "10", "epochs_run": "6", "stopped_early": "True"})
-    assert report.hit_cap({"epochs": "4", "epochs_run": "4"})  # a row of an earlier version: the cap is enough
-    assert not report.hit_cap({"epochs": "", "epochs_run": "4"})
+    assert not report_runs.hit_cap({"epochs": "10", "epochs_run": "10", "stopped_early": "True"})
+    assert not report_runs.hit_cap({"epochs": "10", "epochs_run": "6", "stopped_early": "True"})
+    assert report_runs.hit_cap({"epochs": "4", "epochs_run": "4"})  # a row of an earlier version: the cap is enough
+    assert not report_runs.hit_cap({"epochs": "", "epochs_run": "4"})
     rows = [
         {"model": "A", "seed": "1", "status": "ok", "epochs": "9", "epochs_run": "9", "stopped_early": "False"},
         {"model": "A", "seed": "2", "status": "ok", "epochs": "9", "epochs_run": "5", "stopped_early": "True"},
         {"model": "B", "seed": "1", "status": "ok", "epochs": "9", "epochs_run": "7", "stopped_early": "True"},
     ]
-    a, b = report.summarize(rows, ["A", "B"])
+    a, b = report_stats.summarize(rows, ["A", "B"])
     assert (a.epochs_capped, b.epochs_capped) == (1, 0)
-    table = unpadded("\n".join(report.results_table([a, b], None, None)))
+    table = unpadded("\n".join(report_sections.results_table([a, b], None, None)))
     assert "| epochs run | best epoch | at cap |" in table
     assert "| 7.0 ± 2.8 | – | **1/2 ⚠** |" in table and "| 7.0 | – | 0/1 |" in table
 
@@ -142,22 +142,24 @@ def test_the_curves_show_one_common_seed_per_model_and_when_each_was_best(tmp_pa
         curve_row("SASRec", 2024, [50.0], [0.04]),
         {"model": "GRU4Rec", "seed": "2022", "status": "failed", "valid_curve": ""},
     ]
-    picked = report.curve_runs(rows, ["CMI", "SASRec", "GRU4Rec"])
+    picked = report_stats.curve_runs(rows, ["CMI", "SASRec", "GRU4Rec"])
     assert [(r["model"], r["seed"]) for r in picked] == [("CMI", "2023"), ("SASRec", "2023")]  # 2023: both have it
     # The best epoch: ties go to the later epoch, as RecBole's early stopping moves the checkpoint forward.
-    assert report._best_point(report.run_curve(rows[0])) == (3, 30.0, 0.20)
-    text = unpadded("\n".join(report.curves_section(rows, ["CMI", "SASRec", "GRU4Rec"], "loo-curves.png")))
+    assert report_runs.best_point(report_runs.run_curve(rows[0])) == (3, 30.0, 0.20)
+    text = unpadded("\n".join(report_sections.curves_section(rows, ["CMI", "SASRec", "GRU4Rec"], "loo-curves.png")))
     assert "![validation curves](loo-curves.png)" in text
     assert "| CMI | 2023 | 4 | 3 | 0.2000 | 30.0 | 40.0 | early stopping |" in text
     assert "| SASRec | 2023 | 2 | 2 | 0.0900 | 100.0 | 100.0 | **epoch cap ⚠** |" in text
-    assert report.write_curves_chart(tmp_path / "loo-curves.png", picked, "tiny") is None
+    assert report_charts.write_curves_chart(tmp_path / "loo-curves.png", picked, "tiny") is None
     data = (tmp_path / "loo-curves.png").read_bytes()
     assert data[:8] == PNG_SIGNATURE and int.from_bytes(data[16:20], "big") == 700  # 7 inches at 100 dpi
     assert [p.name for p in tmp_path.iterdir()] == ["loo-curves.png"]  # written atomically
     # A curve under multi_target also records the validation metric; the best epoch follows it, not NDCG@20.
     mt = {"epoch": [1, 2], "train_s": [5.0, 10.0], "ndcg@20": [0.3, 0.2], "recall@50": [0.5, 0.6]}
-    assert report._best_point(mt) == (2, 10.0, 0.2)
-    assert report.curve_runs([{"model": "A", "seed": "1", "status": "ok", "valid_curve": "not json"}], ["A"]) == []
+    assert report_runs.best_point(mt) == (2, 10.0, 0.2)
+    assert (
+        report_stats.curve_runs([{"model": "A", "seed": "1", "status": "ok", "valid_curve": "not json"}], ["A"]) == []
+    )
 
 
 def convention_rows():
@@ -180,12 +182,12 @@ def test_both_conventions_and_their_paired_t_tests_match_the_t_distribution_by_h
 
     rows, values = convention_rows()
     # A multi_target row of an earlier version (no history_excluded) was always scored with history excluded.
-    assert report.excludes_history({"protocol": "multi_target", "exclude_history_items": "False"}) is True
-    assert report.excludes_history({"protocol": "loo", "exclude_history_items": "False"}) is False
-    ranked = report.convention_rows(rows, exclude=False)
+    assert report_runs.excludes_history({"protocol": "multi_target", "exclude_history_items": "False"}) is True
+    assert report_runs.excludes_history({"protocol": "loo", "exclude_history_items": "False"}) is False
+    ranked = report_runs.convention_rows(rows, exclude=False)
     assert [r["test_recall@20"] for r in ranked[:3]] == [0.20, 0.19, 0.22]
     assert all(not k.startswith("alt_") for r in ranked for k in r)
-    text = unpadded("\n".join(report.conventions_section(rows, ["CMI", "SASRec"])))
+    text = unpadded("\n".join(report_sections.conventions_section(rows, ["CMI", "SASRec"])))
     assert "| model | excl. Recall@20 | excl. NDCG@20 | ranked Recall@20 | ranked NDCG@20 |" in text
     cmi_excl = [e for e, _ in values["CMI"]]
     assert f"| CMI | **{statistics.fmean(cmi_excl):.4f} ± {statistics.stdev(cmi_excl):.4f}** |" in text
@@ -193,11 +195,11 @@ def test_both_conventions_and_their_paired_t_tests_match_the_t_distribution_by_h
         diffs = [c[index] - s[index] for c, s in zip(values["CMI"], values["SASRec"])]
         t = statistics.fmean(diffs) / (statistics.stdev(diffs) / math.sqrt(3))
         p = 2 * student_t.sf(abs(t), df=2)
-        assert f"{statistics.fmean(diffs):+.4f} | 3 | {report.format_p(p)} |" in text, label
+        assert f"{statistics.fmean(diffs):+.4f} | 3 | {report_stats.format_p(p)} |" in text, label
     line = next(line for line in text.splitlines() if line.startswith("| SASRec | Recall@20 |"))
     assert line.count("| 3 |") == 2  # one paired test per convention
     scored_one_way = [{k: v for k, v in r.items() if not k.startswith("alt_")} for r in rows]
-    assert report.conventions_section(scored_one_way, ["CMI", "SASRec"]) == []
+    assert report_sections.conventions_section(scored_one_way, ["CMI", "SASRec"]) == []
 
 
 def test_the_tuned_values_of_every_model_are_listed():
@@ -208,7 +210,7 @@ def test_the_tuned_values_of_every_model_are_listed():
          "tuned_values": json.dumps({"learning_rate": 0.004, "num_interest": 2})},
         {"model": "SASRec", "status": "ok", "tuned_file": "", "tuned_values": ""},
     ]  # fmt: skip
-    text = unpadded("\n".join(report.tuned_section(rows, ["CMI", "SASRec"], None)))
+    text = unpadded("\n".join(report_sections.tuned_section(rows, ["CMI", "SASRec"], None)))
     assert "| CMI | properties/tuned/x/CMI.yaml | learning_rate: 0.004, num_interest: 2 | 2 |" in text
     assert "| SASRec | – | – (published defaults) | 1 |" in text
-    assert "`--tuned`" in "\n".join(report.tuned_section(rows, ["CMI"], "tuned/x"))
+    assert "`--tuned`" in "\n".join(report_sections.tuned_section(rows, ["CMI"], "tuned/x"))

@@ -12,10 +12,12 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, TINY_SETTINGS, unpadded
 
-from recbole_cmi.benchmark import report
+from recbole_cmi.benchmark import report_runs
 from recbole_cmi.benchmark.__main__ import main as benchmark_main
-from recbole_cmi.benchmark.accuracy import DEFAULT_MODELS, BenchmarkSettings, run_benchmark
-from recbole_cmi.benchmark.tune import TuneSettings, _check_settings, run_tuning
+from recbole_cmi.benchmark.accuracy import run_benchmark
+from recbole_cmi.benchmark.accuracy_settings import DEFAULT_MODELS, BenchmarkSettings
+from recbole_cmi.benchmark.tune import _check_settings, run_tuning
+from recbole_cmi.benchmark.tune_settings import TuneSettings
 from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.tune import SearchSettings, parse_hyper_file
 
@@ -182,7 +184,7 @@ def test_a_search_writes_the_tuned_file_that_accuracy_tuned_runs_with(tiny_data_
         tuned=str(tmp_path / "tuned"),
     )
     outcome = run_benchmark(bench)
-    (row,) = report.read_runs(outcome.csv_path)
+    (row,) = report_runs.read_runs(outcome.csv_path)
     assert row["status"] == "ok" and json.loads(row["tuned_values"]) == values
     assert float(row["learning_rate"]) == values["learning_rate"]  # resolved by the run itself
     assert Path(row["tuned_file"]).name == "SASRec.yaml" and len(row["tuned_sha"]) == 12

@@ -40,8 +40,9 @@ LAYERS = {
     "recbole_cmi.retrieval": 2,
     "recbole_cmi.checkpoint": 2,
     "recbole_cmi.distributed": 2,
-    # 3 the trainer
+    # 3 the trainer and its checkpoints
     "recbole_cmi.trainer": 3,
+    "recbole_cmi.trainer_checkpoint": 3,
     # 4 the pipeline and its multi-process launcher
     "recbole_cmi.quick_start": 4,
     # 5 applications
@@ -166,7 +167,9 @@ def test_the_graph_reader_sees_function_level_imports_and_names_cycles(tmp_path)
     assert find_cycle({"a": {"b": 1}, "b": {}, "c": {"a": 1}}) is None
 
 
-@pytest.mark.parametrize("module", ["recbole_cmi.config", "recbole_cmi.quick_start", "recbole_cmi.trainer"])
+@pytest.mark.parametrize(
+    "module", ["recbole_cmi.config", "recbole_cmi.quick_start", "recbole_cmi.trainer", "recbole_cmi.trainer_checkpoint"]
+)
 def test_config_keeps_its_import_path_and_the_core_stays_below_the_applications(module):
     # recbole_cmi.config.Config is pickled into old checkpoints: it must stay where it is.
     assert "recbole_cmi.config" in package_modules()

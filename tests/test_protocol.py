@@ -222,7 +222,7 @@ def test_one_target_per_user_gives_recboles_own_loo_numbers(tiny_config):
     """A multi-target split with each user's loo test item as the only target and the items before it as the
     history, scored from the same checkpoint: equal to RecBole's full-sort evaluation under ``eval_protocol: loo``,
     history items excluded (``exclude_history_items``) or ranked."""
-    from recbole_cmi.benchmark.accuracy import ranking_convention
+    from recbole_cmi.benchmark.accuracy_worker import ranking_convention
     from recbole_cmi.trainer import get_trainer
 
     metrics = ["Recall", "NDCG", "Hit", "MRR", "Precision"]

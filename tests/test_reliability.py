@@ -20,7 +20,8 @@ from recbole_cmi.config import Config
 from recbole_cmi.data.dataloader import data_preparation
 from recbole_cmi.errors import CheckpointError, DatasetError
 from recbole_cmi.quick_start import create_dataset, run_recbole_cmi
-from recbole_cmi.trainer import NonFiniteLossError, last_checkpoint_path
+from recbole_cmi.trainer import NonFiniteLossError
+from recbole_cmi.trainer_checkpoint import last_checkpoint_path
 from recbole_cmi.utils import train_batch_hooks
 
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from conftest import unpadded
 
-from recbole_cmi.benchmark import speed
-from recbole_cmi.benchmark.measure import REPORT_END_MARKER, parse_count
-from recbole_cmi.benchmark.speed import ModelResult, Size, SizeResult, parse_sizes
+from recbole_cmi.benchmark import speed, speed_report, speed_run
+from recbole_cmi.benchmark.measure import REPORT_END_MARKER, parse_count, write_report
+from recbole_cmi.benchmark.speed import parse_sizes
+from recbole_cmi.benchmark.speed_run import ModelResult, Size, SizeResult
 from recbole_cmi.memory import PeakMemory
 
 
@@ -71,7 +72,9 @@ def test_report_ratios_targets_and_scaling():
     big = SizeResult(size=Size(10_000, 1000, "10k:1k"), interactions=10_000, users=400, items=1000)
     big.models = [_result("CMI", 100, 100, rows=100_000), _result("SASRec", 100, 50, rows=100_000)]
     big.models.append(ModelResult(model="GRU4Rec", size="10k:1k", error="RuntimeError: out of memory"))
-    text = speed.format_report([small, big], args, _environment(), "python -m recbole_cmi.benchmark speed", "now", 60)
+    text = speed_report.format_report(
+        [small, big], args, _environment(), "python -m recbole_cmi.benchmark speed", "now", 60
+    )
     assert "-:|" in text and "|:-" in text  # numbers right-aligned, names left
     text = unpadded(text)
 
@@ -87,21 +90,21 @@ def test_report_ratios_targets_and_scaling():
 
 def test_write_report_keeps_the_hand_written_part(tmp_path):
     out = tmp_path / "results" / "speed.md"
-    speed.write_report(out, "# first\n")
+    write_report(out, "# first\n")
     assert out.read_text() == f"# first\n\n{REPORT_END_MARKER}\n"
     out.write_text(out.read_text() + "\n## Analysis\nkept\n")
-    speed.write_report(out, "# second\n")
+    write_report(out, "# second\n")
     assert out.read_text() == f"# second\n\n{REPORT_END_MARKER}\n\n## Analysis\nkept\n"
 
 
 def test_model_entries_carry_config_overrides():
-    assert speed.parse_model_spec("CMI") == ("CMI", {})
-    assert speed.parse_model_spec("CMI:sparse_item_updates=True:num_interest=4") == (
+    assert speed_run.parse_model_spec("CMI") == ("CMI", {})
+    assert speed_run.parse_model_spec("CMI:sparse_item_updates=True:num_interest=4") == (
         "CMI",
         {"sparse_item_updates": True, "num_interest": 4},
     )
     with pytest.raises(ValueError, match="Model:key=value"):
-        speed.parse_model_spec("CMI:sparse_item_updates")
+        speed_run.parse_model_spec("CMI:sparse_item_updates")
 
 
 @pytest.mark.parametrize(

@@ -19,15 +19,12 @@ from recbole_cmi.model.cmi import CMI
 from recbole_cmi.quick_start import evaluate_checkpoint, load_data_and_model, prepare, run_recbole_cmi
 from recbole_cmi.tools.common import ToolError
 from recbole_cmi.tools.inspect import pca_2d
-from recbole_cmi.tools.robustness import (
-    assign_labels,
+from recbole_cmi.tools.robustness import assign_labels, parse_checkpoints, parse_lengths, parse_models
+from recbole_cmi.tools.robustness_loaders import (
     bucket_label,
     count_rows,
     length_buckets,
     length_loader,
-    parse_checkpoints,
-    parse_lengths,
-    parse_models,
     perturb_histories,
 )
 from recbole_cmi.trainer import get_trainer

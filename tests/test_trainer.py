@@ -1,4 +1,5 @@
-"""recbole_cmi.trainer: atomic checkpoints, RNG state, resume rules, non-finite losses (no full runs)."""
+"""recbole_cmi.trainer and trainer_checkpoint: atomic checkpoints, RNG state, resume rules, non-finite losses (no full
+runs)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,12 @@ import pytest
 import torch
 from conftest import TINY_SETTINGS
 
-from recbole_cmi.checkpoint import load_checkpoint
+from recbole_cmi.checkpoint import atomic_torch_save, load_checkpoint
 from recbole_cmi.data.dataloader import HookedTrainDataLoader
 from recbole_cmi.errors import CheckpointError, NonFiniteLossError
 from recbole_cmi.quick_start import prepare
-from recbole_cmi.trainer import (
-    Trainer,
-    atomic_torch_save,
-    capture_rng_state,
-    last_checkpoint_path,
-    restore_rng_state,
-)
+from recbole_cmi.trainer import Trainer
+from recbole_cmi.trainer_checkpoint import capture_rng_state, last_checkpoint_path, restore_rng_state
 
 
 @pytest.fixture(scope="module")

@@ -83,8 +83,8 @@ def test_random_points_over_choices_are_distinct_and_cover_the_space():
 
 
 def test_random_search_gives_ray_its_distinct_points():
-    from recbole_cmi.tune.search import _search_algorithm
     from recbole_cmi.tune.space import distinct_choice_points
+    from recbole_cmi.tune.tuner import _search_algorithm
 
     params = parse_hyper_text("lr choice [0.001, 0.002]\nm choice [2, 4]\n")
     points = distinct_choice_points(params, 3, seed=0)
@@ -319,7 +319,7 @@ def _run_fake_trial(workdir: Path, plan: dict, kill_after=None, restore_from=Non
     """``run_trial`` with Tune's session calls replaced: reports are recorded, checkpoints copied."""
     from ray import tune
 
-    from recbole_cmi.tune.search import run_trial
+    from recbole_cmi.tune.trial import run_trial
 
     workdir.mkdir()
     reports = []

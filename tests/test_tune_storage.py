@@ -59,7 +59,7 @@ def test_the_handler_pickles_by_name_so_a_resumed_search_can_read_its_state():
 
 
 def test_an_address_where_nothing_listens_fails_at_once():
-    from recbole_cmi.tune.search import check_cluster_answers
+    from recbole_cmi.tune.cluster import check_cluster_answers
 
     address = f"127.0.0.1:{find_free_port()}"
     start = time.monotonic()
@@ -74,7 +74,7 @@ def test_an_address_where_nothing_listens_fails_at_once():
 
 @pytest.mark.parametrize("address", ["ray://head:10001", "head", "head:port", ":6379"])
 def test_a_malformed_address_is_a_config_error(address):
-    from recbole_cmi.tune.search import check_cluster_answers
+    from recbole_cmi.tune.cluster import check_cluster_answers
 
     with pytest.raises(ConfigValueError, match="--address must be auto or HOST:PORT"):
         check_cluster_answers(address)

@@ -282,6 +282,14 @@ def format_report(outcome: dict, args, environment: dict, command: str, wall: fl
             "how fast a GPU is.",
             "",
         ]
+    lines.append(_timings_table(outcome))
+    lines += _agreement_section(outcome, args)
+    lines.append(_ddp_line(outcome))
+    return "\n".join(lines) + "\n"
+
+
+def _timings_table(outcome: dict) -> str:
+    """Per model and AMP setting: seconds per epoch, evaluation speed, peak CUDA memory, test metrics."""
     header = ["model", "AMP", "s/epoch", "train rows", "eval users/s", "peak CUDA MB (train / eval)"]
     header += [f"test {m}" for m in METRICS]
     rows = []
@@ -294,8 +302,12 @@ def format_report(outcome: dict, args, environment: dict, command: str, wall: fl
             + [_num(_users_per_s(row), 0), f"{_mb(row['train_cuda_peak'])} / {_mb(row['eval_cuda_peak'])}"]
             + [f"{row[m]:.4f}" for m in METRICS]
         )
-    lines.append(markdown_table(header, rows))
-    lines += [
+    return markdown_table(header, rows)
+
+
+def _agreement_section(outcome: dict, args) -> list[str]:
+    """CPU against CUDA, and autocast against fp32: the largest score difference and the top-20 overlap."""
+    lines = [
         "",
         f"Agreement of the fp32-trained model's full-sort scores on the first {args.agree_users} test users "
         "(same weights; max |score difference| over finite scores, mean overlap of the top-20 lists):",
@@ -310,18 +322,20 @@ def format_report(outcome: dict, args, environment: dict, command: str, wall: fl
             [item["model"], f"{cpu['max_score_diff']:.2e}", f"{cpu['top20_overlap']:.4f}"]
             + [f"{amp['max_score_diff']:.2e}", f"{amp['top20_overlap']:.4f}"]
         )
-    lines += [markdown_table(header, rows), ""]
-    if outcome["ddp"]:
-        ddp = outcome["ddp"]
-        one = next((r for r in outcome["rows"] if r["model"] == ddp["model"] and not r["amp"] and "error" not in r), {})
-        lines.append(
-            f"Two-GPU DDP ({ddp['model']}, nccl, one epoch, wall time with data loading in each process): "
-            f"{ddp['wall_seconds']:.1f} s; test "
-            + ", ".join(f"{m} {ddp[m]:.4f} (one GPU {one.get(m, float('nan')):.4f})" for m in METRICS)
-        )
-    else:
-        lines.append(f"Two-GPU DDP: not run ({outcome['gpus']} GPU(s) here; it needs 2).")
-    return "\n".join(lines) + "\n"
+    return lines + [markdown_table(header, rows), ""]
+
+
+def _ddp_line(outcome: dict) -> str:
+    """The two-GPU DDP epoch against the one-GPU run, or why it was not run."""
+    if not outcome["ddp"]:
+        return f"Two-GPU DDP: not run ({outcome['gpus']} GPU(s) here; it needs 2)."
+    ddp = outcome["ddp"]
+    one = next((r for r in outcome["rows"] if r["model"] == ddp["model"] and not r["amp"] and "error" not in r), {})
+    return (
+        f"Two-GPU DDP ({ddp['model']}, nccl, one epoch, wall time with data loading in each process): "
+        f"{ddp['wall_seconds']:.1f} s; test "
+        + ", ".join(f"{m} {ddp[m]:.4f} (one GPU {one.get(m, float('nan')):.4f})" for m in METRICS)
+    )
 
 
 def build_parser() -> OneLineArgumentParser:

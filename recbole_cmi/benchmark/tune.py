@@ -28,6 +28,10 @@
 * **Resumable**: ``--resume`` with the same options keeps what is done: a model whose search finished only has
   its tuned file written again, an interrupted one continues (Ray restores its trials from their last
   checkpoints), the others start. Other options than the stored ones are refused (``tune.json``).
+
+Here: the command and the searches. The settings and the trials' shared config are in
+:mod:`~recbole_cmi.benchmark.tune_settings`, the tuned files and the table in
+:mod:`~recbole_cmi.benchmark.tune_report`.
 """
 
 from __future__ import annotations
@@ -36,72 +40,33 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 
-import yaml
-
-from recbole_cmi.benchmark import accuracy
+from recbole_cmi.benchmark.accuracy_settings import (
+    DEFAULT_MODELS,
+    DEFAULT_TUNED,
+    FIRST_SEED,
+    PROTOCOLS,
+    model_names,
+    tuned_dir,
+)
+from recbole_cmi.benchmark.tune_report import score_text, summary_markdown, tuned_yaml
+from recbole_cmi.benchmark.tune_settings import (
+    RESERVED_KEYS,
+    ModelTuning,
+    TuneSettings,
+    hyper_dir_path,
+    search_config,
+    search_spec,
+)
 from recbole_cmi.cli import OneLineArgumentParser, config_file_names, parse_with_config_values, run_cli
 from recbole_cmi.errors import ConfigValueError, RecboleCmiError
-from recbole_cmi.files import plain, write_json, write_text
-from recbole_cmi.markdown import markdown_table
+from recbole_cmi.files import write_json, write_text
 
-DEFAULT_HYPER_DIR = "properties/hyper/benchmark"  # relative to the package's properties folder's parent
 SPEC_FILE = "tune.json"
 SECONDS_FILE = "tune_seconds.json"
 SUMMARY_FILE = "best_test_result.json"  # run_search writes it once every trial has ended and a best exists
-# Set by this command (the option to use instead).
-RESERVED_KEYS = {
-    "seed": "--seed",
-    "epochs": "--epochs",
-    "eval_protocol": "--protocol",
-    "use_tuned_values": "(always False while searching)",
-    "checkpoint_dir": "--search_dir",
-}
-
-
-@dataclass
-class TuneSettings:
-    dataset: str
-    epochs: int
-    models: list[str] = field(default_factory=lambda: list(accuracy.DEFAULT_MODELS))
-    trials: int = 12
-    grace: int = 1
-    reduction_factor: float = 2.0
-    protocol: str = "loo"
-    seed: int = accuracy.FIRST_SEED
-    search_seed: int = 2022
-    hyper_dir: str | None = None  # None: the package's properties/hyper/benchmark
-    search_dir: str | None = None  # None: ray_results/tune-<dataset>-<protocol>
-    tuned_dir: str | None = None  # None: the package's properties/tuned
-    out: str = "results"
-    config_files: list[str] = field(default_factory=list)
-    overrides: dict = field(default_factory=dict)
-    resume: bool = False
-    max_concurrent: int | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None
-    num_cpus: int | None = None
-    address: str | None = None
-    verbose: int = 0
-    command: str = ""
-
-
-@dataclass
-class ModelTuning:
-    """What one model's search gave (``error`` set where it gave no best trial)."""
-
-    model: str
-    hyper_file: Path
-    points: int | None
-    best: dict | None = None  # best_test_result.json of run_search
-    statuses: dict = field(default_factory=dict)  # trial status -> count
-    wall_s: float | None = None
-    stopping_step: int | None = None  # as the search resolved it (dataset yaml, overrides)
-    tuned_file: Path | None = None
-    trials_md: str = ""
-    error: str = ""
 
 
 # ---------------------------------------------------------------- command line
@@ -114,13 +79,13 @@ def build_parser() -> OneLineArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--dataset", "-d", help="dataset name (bundled, ./dataset/<name>, or under --data_path)")
-    parser.add_argument("--models", default=",".join(accuracy.DEFAULT_MODELS), help="comma-separated model names")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated model names")
     parser.add_argument("--trials", type=int, default=12, help="trials per model (random search, distinct points)")
     parser.add_argument("--epochs", type=int, default=None, help="epoch cap of every trial (required)")
     parser.add_argument("--grace", type=int, default=1, help="ASHA grace period: epochs before a trial can stop")
     parser.add_argument("--reduction_factor", type=float, default=2.0, help="ASHA reduction factor")
     parser.add_argument("--protocol", default="loo", help="loo or multi_target: the validation split searched")
-    parser.add_argument("--seed", type=int, default=accuracy.FIRST_SEED, help="training seed of every trial")
+    parser.add_argument("--seed", type=int, default=FIRST_SEED, help="training seed of every trial")
     parser.add_argument("--search_seed", type=int, default=2022, help="seed of the points drawn")
     parser.add_argument(
         "--hyper_dir", default=None, help="folder of <Model>.hyper (default properties/hyper/benchmark)"
@@ -168,7 +133,7 @@ def main(argv=None) -> int:
             if result.error:
                 print(f"{result.model}: {result.error}")
             else:
-                print(f"{result.model}: valid {_score_text(result.best)}; tuned file {result.tuned_file}")
+                print(f"{result.model}: valid {score_text(result.best)}; tuned file {result.tuned_file}")
         return 1 if failed else 0
 
     return run_cli(action)
@@ -201,8 +166,8 @@ def _check_settings(settings: TuneSettings) -> tuple[list[str], dict]:
     """Model class names and, per model, ``(hyper file, points)``; every problem before any search starts."""
     from recbole_cmi.tune.space import choice_combinations, parse_hyper_file
 
-    if settings.protocol not in accuracy.PROTOCOLS:
-        raise ConfigValueError(f"--protocol={settings.protocol!r} (one of {', '.join(accuracy.PROTOCOLS)})")
+    if settings.protocol not in PROTOCOLS:
+        raise ConfigValueError(f"--protocol={settings.protocol!r} (one of {', '.join(PROTOCOLS)})")
     for name in ("trials", "epochs", "grace"):
         value = getattr(settings, name)
         if not isinstance(value, int) or value < 1:
@@ -212,8 +177,8 @@ def _check_settings(settings: TuneSettings) -> tuple[list[str], dict]:
     for key, option in RESERVED_KEYS.items():
         if key in settings.overrides:
             raise ConfigValueError(f"--{key} is set by the tune command; use {option}")
-    models = accuracy.model_names(settings.models)
-    hyper_dir = _hyper_dir(settings.hyper_dir)
+    models = model_names(settings.models)
+    hyper_dir = hyper_dir_path(settings.hyper_dir)
     spaces, grids = {}, {}
     for model in models:
         path = hyper_dir / f"{model}.hyper"
@@ -234,40 +199,6 @@ def _check_settings(settings: TuneSettings) -> tuple[list[str], dict]:
             f"the learning rate must be searched on the same grid for every model ({hyper_dir}/<Model>.hyper): {listed}"
         )
     return models, spaces
-
-
-def _hyper_dir(value: str | None) -> Path:
-    if value:
-        return Path(value).resolve()
-    from recbole_cmi.paths import properties_dir
-
-    return properties_dir() / "hyper" / "benchmark"
-
-
-def search_config(settings: TuneSettings) -> dict:
-    """The config dict every trial of every model gets: the accuracy benchmark's shared config, the epoch cap, the
-    training seed, and the published defaults (no tuned layer)."""
-    bench = accuracy.BenchmarkSettings(
-        dataset=settings.dataset, protocol=settings.protocol, overrides=settings.overrides
-    )
-    shared = accuracy.shared_config(bench)
-    shared.update(epochs=settings.epochs, seed=settings.seed, use_tuned_values=False)
-    return shared
-
-
-def search_spec(settings: TuneSettings, shared: dict) -> dict:
-    """What must not change between an invocation and its ``--resume`` (the models may)."""
-    return {
-        "dataset": settings.dataset,
-        "protocol": settings.protocol,
-        "trials": settings.trials,
-        "epochs": settings.epochs,
-        "grace": settings.grace,
-        "reduction_factor": settings.reduction_factor,
-        "search_seed": settings.search_seed,
-        "config_files": [str(Path(p).resolve()) for p in settings.config_files],
-        "shared": plain(shared),
-    }
 
 
 def _claim_search_dir(search_dir: Path, spec: dict, resume: bool) -> None:
@@ -346,7 +277,7 @@ def tune_model(settings: TuneSettings, model: str, space: tuple, shared: dict, o
         result.error = result.error or f"no best trial in {output}"
         return result
     result.best = _read_json(output / SUMMARY_FILE, None)
-    folder = accuracy.tuned_dir(settings.tuned_dir or accuracy.DEFAULT_TUNED)  # where accuracy --tuned looks
+    folder = tuned_dir(settings.tuned_dir or DEFAULT_TUNED)  # where accuracy --tuned looks
     result.tuned_file = folder / settings.dataset / f"{model}.yaml"
     result.tuned_file.parent.mkdir(parents=True, exist_ok=True)
     write_text(result.tuned_file, tuned_yaml(settings, result, output))
@@ -377,141 +308,3 @@ def _trial_statuses(trials_csv: Path) -> dict:
             for row in csv.DictReader(f):
                 counts[row["status"]] = counts.get(row["status"], 0) + 1
     return counts
-
-
-# ---------------------------------------------------------------- what it writes
-
-
-def _score_text(best: dict | None) -> str:
-    if not best:
-        return "–"
-    return f"{best['valid_metric']} = {best['best_valid_score']:.4f} after {_epochs_to_best(best)} epochs"
-
-
-def _statuses_text(statuses: dict) -> str:
-    return ", ".join(f"{count} {status}" for status, count in sorted(statuses.items())) or "none"
-
-
-def search_line(settings: TuneSettings, shared: dict) -> str:
-    """The search every model got, in one sentence."""
-    return (
-        f"random search, {settings.trials} trials (distinct points), ASHA on valid {shared['valid_metric']} "
-        f"(grace {settings.grace} epoch{'s' if settings.grace > 1 else ''}, reduction factor "
-        f"{settings.reduction_factor:g}), at most {settings.epochs} epochs per trial"
-        + (f" (stopping_step {shared['stopping_step']})" if "stopping_step" in shared else "")
-        + f", protocol {settings.protocol}, training seed {settings.seed}, search seed {settings.search_seed}, "
-        f"embedding_size {shared.get('embedding_size')} / hidden_size {shared.get('hidden_size')}"
-    )
-
-
-def tuned_yaml(settings: TuneSettings, result: ModelTuning, output: Path) -> str:
-    """The tuned file: a comment naming the search, then the best trial's values (the searched keys only)."""
-    best = result.best
-    shared = search_config(settings)
-    header = [
-        f"{result.model} on {settings.dataset}: the best trial of the equal-budget validation search every model got "
-        "(python -m recbole_cmi.benchmark tune); these values replace the model's published defaults on this "
-        "dataset only (properties/model/<Model>.yaml, RecBole's own for core models).",
-        f"Command: {settings.command or '(from Python: recbole_cmi.benchmark.tune.run_tuning)'}",
-        f"Space: {accuracy._display_path(result.hyper_file)} ({result.points or 'continuous'} points).",
-        f"Search: {search_line(settings, shared)}"
-        + (f", stopping_step {result.stopping_step}." if result.stopping_step is not None else "."),
-        f"Trials: {_statuses_text(result.statuses)}; search wall time {result.wall_s} s.",
-        f"Best trial {best['trial_id']}: valid {best['valid_metric']} = {best['best_valid_score']} after "
-        f"{_epochs_to_best(best)} epochs (the test set was not used for the choice).",
-        f"Written {accuracy._now()}; trials: {accuracy._display_path(output / 'trials.md')}.",
-    ]
-    return _wrap_comment(header) + _documented_values(plain(best["params"]), result.hyper_file)
-
-
-# The ``# (type)`` a value's line opens its comment with: the config checks it (``recbole_cmi.options``).
-_YAML_TYPES = ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (dict, "dict"))
-
-
-def _documented_values(values: dict, hyper_file: Path) -> str:
-    """One ``key: value  # (type) searched over ...`` line per value, as every yaml layer documents its keys."""
-    from recbole_cmi.tune.space import parse_hyper_file
-
-    searched = {param.name: param.describe() for param in parse_hyper_file(hyper_file)}
-    lines = []
-    for key, value in values.items():
-        text = yaml.safe_dump({key: value}, default_flow_style=True, width=10_000).strip()[1:-1]  # "{k: v}" -> "k: v"
-        kind = next((name for cls, name in _YAML_TYPES if isinstance(value, cls)), None)
-        comment = f"searched over {searched.get(key, 'a space of its own')}"
-        lines.append(f"{text:<31} # ({kind}) {comment}" if kind else f"{text:<31} # {comment}")
-    return "\n".join(lines) + "\n"
-
-
-def _epochs_to_best(best: dict | None):
-    """Epochs trained up to the best validation (the search reports 0-based epoch indices)."""
-    epoch = (best or {}).get("best_epoch")
-    return "–" if epoch is None else int(epoch) + 1
-
-
-def _wrap_comment(lines: list[str], width: int = 118) -> str:
-    """``lines`` as yaml comment lines of at most ``width`` characters (a long word stays whole)."""
-    out = []
-    for line in lines:
-        words, current = line.replace("\n", " ").split(" "), ""
-        for word in words:
-            if current and len(current) + 1 + len(word) > width - 2:
-                out.append(current)
-                current = "  " + word
-            else:
-                current = f"{current} {word}" if current else word
-        out.append(current)
-    return "".join(f"# {line}\n" for line in out)
-
-
-def summary_markdown(settings: TuneSettings, spec: dict, results: list[ModelTuning], models: list[str]) -> str:
-    """``tune-<protocol>.md``: one row per model searched so far, then every model's trials table."""
-    shared = spec["shared"]
-    metric = str(shared["valid_metric"])
-    lines = [
-        f"# {settings.dataset}: equal-budget tuning under protocol `{settings.protocol}`",
-        "",
-        f"- **Search** (the same for every model): {search_line(settings, shared)}; each model's space is "
-        f"`<Model>.hyper` in `{accuracy._display_path(_hyper_dir(settings.hyper_dir))}` (one learning-rate grid "
-        "for all, plus the model's own main knobs); trials start from the published defaults (no tuned layer).",
-        "- **Selection**: the best validation score of each trial; the best trial's values become "
-        "`<tuned_dir>/<dataset>/<Model>.yaml`. The test set is never used for the choice.",
-        f"- **Models**: {', '.join(models)}; searched so far: {len(results)}.",
-        "",
-    ]
-    table = []
-    for r in results:
-        values = ", ".join(f"{k}: {v}" for k, v in (r.best or {}).get("params", {}).items()) or r.error
-        score = f"{r.best['best_valid_score']:.4f}" if r.best else "–"
-        epoch = _epochs_to_best(r.best)
-        tuned = accuracy._display_path(r.tuned_file) if r.tuned_file else "–"
-        table.append(
-            [r.model, r.points or "–", _statuses_text(r.statuses), score, epoch, values, r.wall_s or "–", tuned]
-        )
-    header = ["model", "points", "trials", f"best valid {metric}", "epochs to best", "values", "wall s", "tuned file"]
-    lines.append(markdown_table(header, table, "lrlrrlrl"))
-    lines += [
-        "",
-        "## Reproduce",
-        "",
-        "```bash",
-        settings.command or "(run from Python: recbole_cmi.benchmark.tune.run_tuning)",
-        "```",
-        "",
-        "Shared config of every trial (the accuracy benchmark's, plus the epoch cap and the seed):",
-        "",
-        "```yaml",
-        yaml.safe_dump(shared, sort_keys=False, default_flow_style=None).rstrip(),
-        "```",
-    ]
-    for r in results:
-        if r.trials_md:
-            body = r.trials_md.split("\n", 1)[1] if r.trials_md.startswith("# ") else r.trials_md
-            lines += ["", f"## Trials: {r.model}", "", body.strip()]
-    lines += ["", f"Settings: `{json.dumps(plain(_public_settings(settings)))}`", ""]
-    return "\n".join(lines)
-
-
-def _public_settings(settings: TuneSettings) -> dict:
-    values = asdict(settings)
-    values.pop("command")
-    return values

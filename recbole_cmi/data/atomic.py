@@ -141,8 +141,18 @@ def read_atomic_file(
         raise DatasetError(f"{err} ({', '.join(names)})") from None
     if len(line_numbers) == 0:
         raise DatasetError(f"{path} has a header but no rows")
+    frame = _read_rows(path, sep, encoding, names)
+    if len(frame) != len(line_numbers):  # a blank-line rule we do not mirror: report row numbers instead
+        line_numbers = None
+    frame.attrs["line_numbers"] = line_numbers
+    _check_values(path, frame, fields, has_quote, seq_sep)
+    return fields, frame
+
+
+def _read_rows(path: str, sep: str, encoding: str, names: list[str]) -> pd.DataFrame:
+    """The data rows as strings, by pandas' C reader (quoting off, no NA conversion); one DatasetError line if not."""
     try:
-        frame = pd.read_csv(
+        return pd.read_csv(
             path,
             sep=sep,
             header=None,
@@ -161,9 +171,11 @@ def read_atomic_file(
     except (pd.errors.ParserError, ValueError) as err:
         first_line = (str(err).strip().splitlines() or [""])[0]
         raise DatasetError(f"{path}: cannot be parsed as {sep!r}-separated values: {first_line}") from err
-    if len(frame) != len(line_numbers):  # a blank-line rule we do not mirror: report row numbers instead
-        line_numbers = None
-    frame.attrs["line_numbers"] = line_numbers
+
+
+def _check_values(path: str, frame: pd.DataFrame, fields, has_quote: bool, seq_sep: str) -> None:
+    """What RecBole's reader would trip over in a value: a field longer than the csv module accepts, a leading
+    double quote, a ``float`` or ``float_seq`` column holding something else than finite numbers."""
     seq_separator = seq_sep or " "
     # RecBole reads atomic files with pandas' python engine, i.e. the csv module and its field size limit.
     limit = csv.field_size_limit()
@@ -201,7 +213,6 @@ def read_atomic_file(
                         f"{path}, {_where(frame, index)}: column '{name}' is declared float_seq but holds "
                         f"{value!r} (numbers separated by {seq_separator!r})"
                     )
-    return fields, frame
 
 
 def _where(frame: pd.DataFrame, index: int) -> str:
@@ -234,6 +245,58 @@ def _loaded(config, suffix: str) -> bool:
     return load_col is None or (isinstance(load_col, dict) and suffix in load_col)
 
 
+def _check_inter_file(path: str, config, fields, frame: pd.DataFrame) -> dict:
+    """An interaction file's columns against the config (ids, time, ``load_col``), its empty values, and warnings
+    for duplicate rows and single-interaction users; returns its summary (``validate_atomic_files``)."""
+    uid, iid, time = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["TIME_FIELD"]
+    benchmark = config["benchmark_filename"]
+    needs_time = (config["eval_args"] or {}).get("order") == "TO"
+    logger = getLogger()
+    names = {n for n, _ in fields}
+    required = [uid, iid] + ([time] if needs_time and not benchmark else [])
+    missing = [f for f in required if f not in names]
+    if missing:
+        raise DatasetError(
+            f"{path}: missing column(s) {', '.join(missing)}; the header has "
+            f"{', '.join(sorted(names))} (field names come from USER_ID_FIELD, ITEM_ID_FIELD, TIME_FIELD)"
+        )
+    types = dict(fields)
+    for field in (uid, iid):
+        if types[field] != "token":
+            raise DatasetError(f"{path}: column '{field}' must be of type token, got {types[field]}")
+    if needs_time and not benchmark and types[time] != "float":
+        raise DatasetError(f"{path}: column '{time}' must be of type float, got {types[time]}")
+    _check_load_col(path, config, "inter", names)
+    listed = config["load_col"].get("inter") if isinstance(config["load_col"], dict) else None
+    unlisted = [f for f in required if isinstance(listed, list) and f not in listed]
+    if unlisted:
+        raise DatasetError(
+            f"load_col['inter'] = {listed} must include {', '.join(unlisted)} "
+            f"(user and item ids, and the time field when eval_args order is TO)"
+        )
+    _require_values(path, frame, required)
+    key = [c for c in (uid, iid, time) if c in names]
+    duplicates = int(frame.duplicated(subset=key).sum())
+    if duplicates:
+        logger.warning(
+            f"{path}: {duplicates} duplicate ({', '.join(key)}) rows; RecBole keeps them as repeated "
+            f"interactions (rm_dup_inter: first or last removes them)"
+        )
+    per_user = frame[uid].value_counts()
+    singles = int((per_user == 1).sum())
+    if singles and not benchmark:
+        logger.warning(
+            f"{path}: {singles} of {len(per_user)} users have a single interaction; they give no "
+            f'training or evaluation sample (user_inter_num_interval, e.g. "[2,inf)", drops them)'
+        )
+    return {
+        "rows": len(frame),
+        "users": len(per_user),
+        "max_user_rows": int(per_user.max()),
+        "columns": len(listed) if isinstance(listed, list) else len(names),
+    }
+
+
 def validate_atomic_files(config) -> dict:
     """Validate ``<data_path>/<dataset>.{inter,item,user}`` against the config's field names.
 
@@ -251,55 +314,11 @@ def validate_atomic_files(config) -> dict:
         if benchmark
         else [os.path.join(root, f"{name}.inter")]
     )
-    uid, iid, time = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["TIME_FIELD"]
-    needs_time = (config["eval_args"] or {}).get("order") == "TO"
-    logger = getLogger()
+    uid, iid = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
     summary = {}
     for path in inter_files:
         fields, frame = read_atomic_file(path, sep, encoding, seq_sep)
-        names = {n for n, _ in fields}
-        required = [uid, iid] + ([time] if needs_time and not benchmark else [])
-        missing = [f for f in required if f not in names]
-        if missing:
-            raise DatasetError(
-                f"{path}: missing column(s) {', '.join(missing)}; the header has "
-                f"{', '.join(sorted(names))} (field names come from USER_ID_FIELD, ITEM_ID_FIELD, TIME_FIELD)"
-            )
-        types = dict(fields)
-        for field in (uid, iid):
-            if types[field] != "token":
-                raise DatasetError(f"{path}: column '{field}' must be of type token, got {types[field]}")
-        if needs_time and not benchmark and types[time] != "float":
-            raise DatasetError(f"{path}: column '{time}' must be of type float, got {types[time]}")
-        _check_load_col(path, config, "inter", names)
-        listed = config["load_col"].get("inter") if isinstance(config["load_col"], dict) else None
-        unlisted = [f for f in required if isinstance(listed, list) and f not in listed]
-        if unlisted:
-            raise DatasetError(
-                f"load_col['inter'] = {listed} must include {', '.join(unlisted)} "
-                f"(user and item ids, and the time field when eval_args order is TO)"
-            )
-        _require_values(path, frame, required)
-        key = [c for c in (uid, iid, time) if c in names]
-        duplicates = int(frame.duplicated(subset=key).sum())
-        if duplicates:
-            logger.warning(
-                f"{path}: {duplicates} duplicate ({', '.join(key)}) rows; RecBole keeps them as repeated "
-                f"interactions (rm_dup_inter: first or last removes them)"
-            )
-        per_user = frame[uid].value_counts()
-        singles = int((per_user == 1).sum())
-        if singles and not benchmark:
-            logger.warning(
-                f"{path}: {singles} of {len(per_user)} users have a single interaction; they give no "
-                f'training or evaluation sample (user_inter_num_interval, e.g. "[2,inf)", drops them)'
-            )
-        summary[path] = {
-            "rows": len(frame),
-            "users": len(per_user),
-            "max_user_rows": int(per_user.max()),
-            "columns": len(listed) if isinstance(listed, list) else len(names),
-        }
+        summary[path] = _check_inter_file(path, config, fields, frame)
     for suffix, id_field in (("item", iid), ("user", uid)):
         path = os.path.join(root, f"{name}.{suffix}")
         if os.path.isfile(path) and _loaded(config, suffix):

@@ -321,12 +321,9 @@ def _csr_pairs(ptr: np.ndarray, values: np.ndarray, start: int, end: int) -> tup
     return rows, torch.from_numpy(values[ptr[start] : ptr[end]])
 
 
-def multi_target_preparation(config, dataset):
-    """Training loader (RecBole's, on the training period) and the validation and test loaders."""
-    from recbole.data.utils import create_samplers, get_dataloader
-
-    settings = split_settings(config)
-    _metric_names(config)
+def _unsplit_frame(config, dataset) -> pd.DataFrame:
+    """The dataset's interactions, checked for what the protocol needs: a sequential or general model, no
+    ``benchmark_filename``, a dataset not split yet, a time field loaded."""
     model_type = config["MODEL_TYPE"]
     if model_type not in (ModelType.SEQUENTIAL, ModelType.GENERAL):
         raise ConfigValueError(
@@ -338,12 +335,23 @@ def multi_target_preparation(config, dataset):
     frame = dataset.inter_feat
     if not isinstance(frame, pd.DataFrame):
         raise DatasetError("eval_protocol=multi_target needs a dataset that has not been split yet")
-    uid, iid, time_field = dataset.uid_field, dataset.iid_field, dataset.time_field
+    time_field = dataset.time_field
     if not time_field or time_field not in frame:
         raise DatasetError(
             f"eval_protocol=multi_target orders interactions by time: dataset '{config['dataset']}' has no "
             f"time field loaded (TIME_FIELD={time_field!r}; add it to load_col)"
         )
+    return frame
+
+
+def multi_target_preparation(config, dataset):
+    """Training loader (RecBole's, on the training period) and the validation and test loaders."""
+    from recbole.data.utils import create_samplers, get_dataloader
+
+    settings = split_settings(config)
+    _metric_names(config)
+    frame = _unsplit_frame(config, dataset)
+    uid, iid, time_field = dataset.uid_field, dataset.iid_field, dataset.time_field
     order = np.lexsort((frame[time_field].to_numpy(), frame[uid].to_numpy()))  # stable, like RecBole's sort
     frame = frame.iloc[order].reset_index(drop=True)
     users, items = frame[uid].to_numpy(), frame[iid].to_numpy()

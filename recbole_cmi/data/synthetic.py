@@ -177,23 +177,7 @@ def _generate_fast(cfg: SyntheticConfig, n_interactions: int | None) -> Syntheti
     rng = np.random.Generator(np.random.PCG64(cfg.seed))
     n_items, n_cat = cfg.n_items, cfg.n_categories
 
-    # Items: a category each (every category owns one at least), Zipf popularity inside the category.
-    item_category = rng.integers(0, n_cat, size=n_items)
-    item_category[:n_cat] = np.arange(n_cat)
-    item_category = rng.permutation(item_category)
-    by_category = np.lexsort((rng.random(n_items), item_category))  # items grouped by category, random order
-    counts = np.bincount(item_category, minlength=n_cat)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(n_items) - np.repeat(starts, counts) + 1  # popularity rank inside the category
-    weights = rank.astype(np.float64) ** -cfg.zipf
-    within = np.cumsum(weights) - np.repeat(np.cumsum(weights)[starts] - weights[starts], counts)
-    totals = np.add.reduceat(weights, starts)
-    cdf = np.repeat(np.arange(n_cat), counts) + within / np.repeat(totals, counts)  # category c spans (c, c+1]
-
-    def draw_from(categories: np.ndarray) -> np.ndarray:
-        position = np.searchsorted(cdf, categories + rng.random(len(categories)))
-        low, high = starts[categories], starts[categories] + counts[categories] - 1
-        return by_category[np.clip(position, low, high)]
+    item_category, draw_from = _fast_items(rng, cfg)
 
     # Users: lengths, then as many users as the interaction budget allows.
     if n_interactions is None:
@@ -227,6 +211,41 @@ def _generate_fast(cfg: SyntheticConfig, n_interactions: int | None) -> Syntheti
     category[explore] = rng.integers(0, n_cat, size=int(explore.sum()))
     items = draw_from(category)
 
+    user, items, position = _redraw_repeats(rng, user, items, position, category, draw_from, n_items)
+
+    # Timestamps: sorted uniform times over n_days, made strictly increasing inside each user.
+    stamps = rng.integers(0, cfg.n_days * SECONDS_PER_DAY, size=len(user))
+    stamps = stamps[np.lexsort((stamps, user))] + position
+    return SyntheticData(users=user + 1, items=items + 1, timestamps=stamps, item_category=item_category)
+
+
+def _fast_items(rng, cfg: SyntheticConfig):
+    """The fast mode's catalogue: ``(item_category, draw_from)``, where ``draw_from(categories)`` draws one item of
+    each given category by its Zipf popularity."""
+    n_items, n_cat = cfg.n_items, cfg.n_categories
+    # Items: a category each (every category owns one at least), Zipf popularity inside the category.
+    item_category = rng.integers(0, n_cat, size=n_items)
+    item_category[:n_cat] = np.arange(n_cat)
+    item_category = rng.permutation(item_category)
+    by_category = np.lexsort((rng.random(n_items), item_category))  # items grouped by category, random order
+    counts = np.bincount(item_category, minlength=n_cat)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(n_items) - np.repeat(starts, counts) + 1  # popularity rank inside the category
+    weights = rank.astype(np.float64) ** -cfg.zipf
+    within = np.cumsum(weights) - np.repeat(np.cumsum(weights)[starts] - weights[starts], counts)
+    totals = np.add.reduceat(weights, starts)
+    cdf = np.repeat(np.arange(n_cat), counts) + within / np.repeat(totals, counts)  # category c spans (c, c+1]
+
+    def draw_from(categories: np.ndarray) -> np.ndarray:
+        position = np.searchsorted(cdf, categories + rng.random(len(categories)))
+        low, high = starts[categories], starts[categories] + counts[categories] - 1
+        return by_category[np.clip(position, low, high)]
+
+    return item_category, draw_from
+
+
+def _redraw_repeats(rng, user, items, position, category, draw_from, n_items):
+    """``(user, items, position)`` without a repeated (user, item) pair (the fast mode's last draws)."""
     # No repeats: redraw every later occurrence of a (user, item) pair, first from its category, then
     # from the whole catalogue; validate() guarantees max_len <= n_items / 2, so this converges fast.
     for round_ in range(64):
@@ -240,11 +259,7 @@ def _generate_fast(cfg: SyntheticConfig, n_interactions: int | None) -> Syntheti
     else:
         keep = ~_repeated(user, items, n_items)
         user, items, position = user[keep], items[keep], position[keep]
-
-    # Timestamps: sorted uniform times over n_days, made strictly increasing inside each user.
-    stamps = rng.integers(0, cfg.n_days * SECONDS_PER_DAY, size=len(user))
-    stamps = stamps[np.lexsort((stamps, user))] + position
-    return SyntheticData(users=user + 1, items=items + 1, timestamps=stamps, item_category=item_category)
+    return user, items, position
 
 
 def _lengths(rng, cfg: SyntheticConfig, n_users: int) -> np.ndarray:

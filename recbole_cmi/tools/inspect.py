@@ -145,16 +145,7 @@ def inspect_checkpoint(
     planted = read_item_labels(config, dataset, category_field)
     codes, names = planted if planted else (None, None)
 
-    summary = {
-        "checkpoint": str(checkpoint),
-        "dataset": config["dataset"],
-        "num_interest": int(m),
-        "items": int(n_items - 1),
-        "items_in_training": int(len(seen)),
-        "item_share": [float((implicit[seen] == c).mean()) for c in range(m)],
-        "assignment_mass": (assign[1:] * counts[1:, None]).sum(axis=0).tolist(),
-    }
-    summary["assignment_mass"] = [x / max(counts[1:].sum(), 1) for x in summary["assignment_mass"]]
+    summary = _usage_summary(checkpoint, config, model, assign, implicit, counts, seen)
     sections = [_header(config, checkpoint, summary)]
     sections.append(_usage(out, summary, m))
     sections.append(_typical_items(model, assign, item_ids, codes, names, top))
@@ -184,6 +175,23 @@ def inspect_checkpoint(
         sections.append(_sample_users(out, model, dataset, item_ids, codes, names, users, top, seed, summary))
     (out / "report.md").write_text("\n".join(sections), encoding="utf-8")
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
+
+
+def _usage_summary(checkpoint, config, model, assign, implicit, counts, seen) -> dict:
+    """The summary's first numbers: per interest the share of training items it holds (by their implicit
+    interest) and its share of the assignment mass weighted by training interactions."""
+    n_items, m = model.n_items, model.num_interest
+    summary = {
+        "checkpoint": str(checkpoint),
+        "dataset": config["dataset"],
+        "num_interest": int(m),
+        "items": int(n_items - 1),
+        "items_in_training": int(len(seen)),
+        "item_share": [float((implicit[seen] == c).mean()) for c in range(m)],
+        "assignment_mass": (assign[1:] * counts[1:, None]).sum(axis=0).tolist(),
+    }
+    summary["assignment_mass"] = [x / max(counts[1:].sum(), 1) for x in summary["assignment_mass"]]
     return summary
 
 

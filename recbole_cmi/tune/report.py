@@ -1,4 +1,6 @@
-"""What a search leaves in its output folder, each file written atomically (temp file + rename).
+"""The trial table of a search (one :class:`TrialRow` per Ray trial, best validation score first, and the best
+trial chosen from it), and what a search leaves in its output folder, each file written atomically (temp file +
+rename):
 
 * ``trials.csv`` / ``trials.md``: one row per trial, best validation score first;
 * ``best_config.yaml``: fixed config + the best trial's parameters + model + dataset, which
@@ -13,6 +15,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +24,8 @@ import yaml
 
 from recbole_cmi.files import plain, write_json, write_text
 from recbole_cmi.markdown import markdown_table
+from recbole_cmi.tune.space import HyperParam
+from recbole_cmi.tune.trial import best_key
 
 
 @dataclass
@@ -163,3 +169,69 @@ def trials_markdown(plan: dict, rows: list[TrialRow], best, test_result, files: 
             + ", ".join(f"{k} = {v:.4f}" for k, v in (test_result or {}).items()),
         ]
     return "\n".join(lines) + "\n"
+
+
+def pick_best(rows: list[TrialRow]) -> TrialRow | None:
+    """The first row of the sorted table that finished without error and left a checkpoint."""
+    for row in rows:
+        if row.status != "error" and row.score is not None and row.saved_model_file:
+            return row
+    return None
+
+
+def collect_rows(grid, plan: dict, params: list[HyperParam]) -> list[TrialRow]:
+    """One row per trial, best validation score first (ties by trial id, unscored trials last)."""
+    metric, max_t = plan["metric"], plan["max_t"]
+    scheduler = plan["settings"]["scheduler"]
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        score = metrics.get(best_key(metric))
+        score = float(score) if score is not None and math.isfinite(float(score)) else None
+        epoch = metrics.get("epoch")
+        model_file = ""
+        if result.checkpoint is not None and metrics.get("checkpoint_file"):
+            model_file = os.path.join(result.checkpoint.path, metrics["checkpoint_file"])
+        if result.error is not None:
+            status = "error"
+        elif epoch is None:
+            status = "not started"
+        elif metrics.get("training_iteration", 0) >= max_t:
+            status = "completed"
+        elif metrics.get("early_stop"):
+            status = "early stop (stopping_step)"
+        elif not metrics.get("done"):
+            status = "unfinished"
+        else:
+            status = "stopped by ASHA" if scheduler == "asha" else "stopped"
+        rows.append(
+            TrialRow(
+                trial_id=metrics.get("trial_id") or os.path.basename(str(result.path)),
+                params={p.name: plain((result.config or {}).get(p.name)) for p in params},
+                score=score,
+                best_epoch=metrics.get("best_epoch"),
+                epochs_run=None if epoch is None else int(epoch) + 1,
+                status=status,
+                error=_one_line_error(result.error),
+                saved_model_file=model_file,
+                node_id=metrics.get("node_id") or "",
+            )
+        )
+    sign = -1 if plan["mode"] == "max" else 1
+    rows.sort(key=lambda r: (r.score is None, 0 if r.score is None else sign * r.score, r.trial_id))
+    for rank, row in enumerate(rows, start=1):
+        row.rank = rank
+    return rows
+
+
+def _one_line_error(error) -> str:
+    if error is None:
+        return ""
+    cause = error
+    while getattr(cause, "cause", None) is not None and cause.cause is not cause:  # RayTaskError wraps it
+        cause = cause.cause
+    text = str(cause).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    message = lines[-1] if lines else ""
+    name = type(cause).__name__
+    return message if message.startswith(name) else f"{name}: {message}"

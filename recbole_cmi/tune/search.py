@@ -33,8 +33,8 @@ Running on an existing Ray cluster: start the cluster (``ray start --head`` on o
 environment on every node and keep the dataset at the same absolute path on every node. Then
 run ``run_hyper.py`` on a node of the cluster with ``--address=auto`` (or
 ``--address=<head>:6379``; the ``RAY_ADDRESS`` environment variable works too); an address where
-nothing listens is an error within ``CONNECT_TIMEOUT_S``. ``--output`` is a folder on the
-driver's machine: trials on other nodes write their results and checkpoints into it through a
+nothing listens is an error within ``CONNECT_TIMEOUT_S`` (:mod:`recbole_cmi.tune.cluster`). ``--output`` is a
+folder on the driver's machine: trials on other nodes write their results and checkpoints into it through a
 small actor on the driver's node (``recbole_cmi/tune/storage.py``), so no shared file system or
 bucket is needed. ``trials.csv`` names the node each trial ran on. Without an address, a local
 Ray instance is started with all CPUs this process may use and shut down at the end.
@@ -42,6 +42,11 @@ Ray instance is started with all CPUs this process may use and shut down at the 
 An interrupted search continues with ``--resume`` (same ``--output``): finished trials are
 kept, unfinished ones continue from their last checkpoint (with the same weights, optimizer and
 random states), failed ones stay failed.
+
+Here: the settings, the plan and the driver (the search from start to outputs, the best trial's test
+evaluation). A trial is in :mod:`~recbole_cmi.tune.trial`, the Tuner, scheduler and searcher in
+:mod:`~recbole_cmi.tune.tuner`, the connection to Ray in :mod:`~recbole_cmi.tune.cluster`, the trial table, the
+choice of the best trial and the output files in :mod:`~recbole_cmi.tune.report`.
 """
 
 from __future__ import annotations
@@ -49,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
-import math
 import os
 import sys
 import tempfile
@@ -59,15 +63,15 @@ from pathlib import Path
 from recbole_cmi.cli import check_config_files
 from recbole_cmi.errors import ConfigValueError, RecboleCmiError
 from recbole_cmi.files import plain, write_json
-from recbole_cmi.tune.report import TrialRow, write_outputs
+from recbole_cmi.tune.cluster import check_cluster_answers, check_resources, ray_session
+from recbole_cmi.tune.report import TrialRow, collect_rows, pick_best, write_outputs
 from recbole_cmi.tune.space import (
     HyperParam,
     choice_combinations,
-    distinct_choice_points,
     parse_hyper_file,
     parse_hyper_text,
-    to_search_space,
 )
+from recbole_cmi.tune.tuner import make_trainable, new_tuner, restore_tuner
 
 SEARCHERS = ("random", "grid", "hyperopt", "optuna")
 SCHEDULERS = ("asha", "fifo")
@@ -130,16 +134,16 @@ def run_search(settings: SearchSettings) -> SearchOutcome:
     experiment_dir = output / "ray" / plan["experiment"]
 
     with ray_session(settings.address, settings.num_cpus) as on_cluster:
-        gpus_per_trial = _check_resources(settings)
-        trainable = _trainable(plan, settings.cpus_per_trial, gpus_per_trial)
+        gpus_per_trial = check_resources(settings.cpus_per_trial, settings.gpus_per_trial, settings.address)
+        trainable = make_trainable(plan, settings.cpus_per_trial, gpus_per_trial)
         # On a cluster, trials on other nodes write through the driver's node into --output (storage.py).
         from recbole_cmi.tune.storage import driver_disk_filesystem
 
         storage = driver_disk_filesystem(str(output / "ray")) if on_cluster else None
         if settings.resume:
-            tuner = _restore(experiment_dir, trainable, storage)
+            tuner = restore_tuner(experiment_dir, trainable, storage)
         else:
-            tuner = _new_tuner(plan, params, settings, trainable, output, storage)
+            tuner = new_tuner(plan, params, settings, trainable, output, storage)
         try:
             grid = tuner.fit()
         except KeyboardInterrupt:
@@ -168,21 +172,7 @@ def run_search(settings: SearchSettings) -> SearchOutcome:
 
 def make_plan(settings: SearchSettings) -> dict:
     """Validate the settings against the model's config; everything trials and outputs need."""
-    for name in ("model", "dataset", "params_file"):
-        if not getattr(settings, name):
-            raise ConfigValueError(f"--{name} is required (unless --resume continues an earlier search)")
-    if settings.search not in SEARCHERS:
-        raise ConfigValueError(f"--search must be one of {', '.join(SEARCHERS)}, got '{settings.search}'")
-    if settings.scheduler not in SCHEDULERS:
-        raise ConfigValueError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got '{settings.scheduler}'")
-    _check_positive("num_samples", settings.num_samples, allow_none=True)
-    _check_positive("max_concurrent", settings.max_concurrent, allow_none=True)
-    _check_positive("cpus_per_trial", settings.cpus_per_trial)
-    _check_positive("grace_period", settings.grace_period)
-    if settings.gpus_per_trial is not None and settings.gpus_per_trial < 0:
-        raise ConfigValueError(f"--gpus_per_trial must be >= 0, got {settings.gpus_per_trial}")
-    if settings.reduction_factor <= 1:
-        raise ConfigValueError(f"--reduction_factor must be > 1, got {settings.reduction_factor}")
+    _check_settings(settings)
     params_file = Path(settings.params_file).resolve()
     params = parse_hyper_file(params_file)
     config_files = [str(Path(f).resolve()) for f in settings.config_files or []]
@@ -204,31 +194,12 @@ def make_plan(settings: SearchSettings) -> dict:
             f"a search needs epochs >= 1 and eval_step >= 1 (trials report every validation), "
             f"got epochs={config['epochs']}, eval_step={config['eval_step']}"
         )
-    # Trials get recbole_cmi's yaml layers as they read now, under the user's values: editing a yaml
-    # file during a search (or a cluster node with other files) cannot change later trials.
-    given = {**config.property_values(), **config.external_config_dict}
-    fixed = {k: plain(v) for k, v in given.items() if k not in ("model", "dataset")}
-    fixed["data_path"] = os.path.dirname(os.path.normpath(config["data_path"]))
-    try:
-        json.dumps(fixed)
-    except TypeError as err:
-        raise ConfigValueError(
-            f"the fixed config must hold plain values (numbers, strings, lists, dicts): {err}"
-        ) from err
-    num_samples = settings.num_samples or (1 if settings.search == "grid" else DEFAULT_NUM_SAMPLES)
-    n_points = choice_combinations(params) if settings.search == "random" else None
-    if n_points is not None and num_samples > n_points:
-        if settings.num_samples:
-            raise ConfigValueError(
-                f"--num_samples={num_samples} is more than the {n_points} different points of {params_file.name}: "
-                f"random search tries each point at most once; lower --num_samples or use --search=grid"
-            )
-        num_samples = n_points
+    num_samples = _num_samples(settings, params, params_file)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return {
         "model": config["model"],
         "dataset": config["dataset"],
-        "fixed": fixed,
+        "fixed": _fixed_config(config),
         "params_file": str(params_file),
         "hyper_text": params_file.read_text(encoding="utf-8"),
         "metric": config["valid_metric"].lower(),
@@ -242,184 +213,54 @@ def make_plan(settings: SearchSettings) -> dict:
     }
 
 
-def best_key(metric: str) -> str:
-    return f"best_{metric}"
+def _check_settings(settings: SearchSettings) -> None:
+    """The settings a plan needs, each in its range (one ConfigValueError line naming the option)."""
+    for name in ("model", "dataset", "params_file"):
+        if not getattr(settings, name):
+            raise ConfigValueError(f"--{name} is required (unless --resume continues an earlier search)")
+    if settings.search not in SEARCHERS:
+        raise ConfigValueError(f"--search must be one of {', '.join(SEARCHERS)}, got '{settings.search}'")
+    if settings.scheduler not in SCHEDULERS:
+        raise ConfigValueError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got '{settings.scheduler}'")
+    _check_positive("num_samples", settings.num_samples, allow_none=True)
+    _check_positive("max_concurrent", settings.max_concurrent, allow_none=True)
+    _check_positive("cpus_per_trial", settings.cpus_per_trial)
+    _check_positive("grace_period", settings.grace_period)
+    if settings.gpus_per_trial is not None and settings.gpus_per_trial < 0:
+        raise ConfigValueError(f"--gpus_per_trial must be >= 0, got {settings.gpus_per_trial}")
+    if settings.reduction_factor <= 1:
+        raise ConfigValueError(f"--reduction_factor must be > 1, got {settings.reduction_factor}")
 
 
-# ---------------------------------------------------------------- trials (run in Ray workers)
-
-
-class EpochReporter:
-    """``Trainer.fit`` callback: reports every validation to Tune, with the trial's checkpoints.
-
-    Improvement and early stopping mirror ``recbole.utils.early_stopping`` (ties count as
-    improvements, as there), so the reported best epoch is the one the best checkpoint holds.
-    The Ray checkpoint is the whole RecBole checkpoint folder (best model and ``-last`` state)
-    plus this reporter's own state, so a restored trial continues exactly where it stopped.
-    """
-
-    STATE_FILE = "reporter.json"
-
-    def __init__(self, metric: str, bigger: bool, stopping_step: int, checkpoint_dir: str, state: dict | None = None):
-        self.metric = metric
-        self.bigger = bigger
-        self.stopping_step = stopping_step
-        self.checkpoint_dir = checkpoint_dir
-        state = state or {}
-        self.best = state.get("best", -math.inf if bigger else math.inf)
-        self.best_epoch = state.get("best_epoch")
-        self.steps_without_gain = state.get("steps_without_gain", 0)
-
-    @classmethod
-    def restore(cls, metric, bigger, stopping_step, checkpoint_dir):
-        """A reporter continuing from a restored checkpoint folder, and the best-model file to resume from."""
-        state = json.loads(Path(checkpoint_dir, cls.STATE_FILE).read_text(encoding="utf-8"))
-        reporter = cls(metric, bigger, stopping_step, checkpoint_dir, state)
-        best_file = os.path.join(checkpoint_dir, state["best_file"]) if state.get("best_file") else None
-        return reporter, best_file
-
-    def best_model_file(self) -> str:
-        names = [f for f in os.listdir(self.checkpoint_dir) if f.endswith(".pth") and not f.endswith("-last.pth")]
-        return sorted(names)[0] if names else ""
-
-    def __call__(self, epoch_idx: int, valid_score: float) -> None:
-        import ray
-        from ray import tune
-
-        score = float(valid_score)
-        if score >= self.best if self.bigger else score <= self.best:
-            self.best, self.best_epoch, self.steps_without_gain = score, epoch_idx, 0
-        else:
-            self.steps_without_gain += 1
-        best_file = self.best_model_file()
-        state = {
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "steps_without_gain": self.steps_without_gain,
-            "best_file": best_file,
-        }
-        write_json(Path(self.checkpoint_dir, self.STATE_FILE), state)
-        metrics = {
-            self.metric: score,
-            best_key(self.metric): self.best,
-            "epoch": epoch_idx,
-            "best_epoch": self.best_epoch,
-            "early_stop": self.steps_without_gain > self.stopping_step,
-            "checkpoint_file": best_file,
-            "node_id": ray.get_runtime_context().get_node_id(),  # which machine of a cluster trained it
-        }
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(self.checkpoint_dir))
-
-
-def run_trial(params: dict, plan: dict) -> None:
-    """One trial: the fixed config plus this trial's ``params``, trained with per-epoch reports.
-
-    A trial Ray restarts from a checkpoint (``--resume``) resumes training from it.
-    """
-    import ray
-    import torch
-    from ray import tune
-
-    from recbole_cmi.quick_start import run_recbole_cmi
-
-    torch.set_num_threads(max(1, int(plan["cpus_per_trial"])))
-    # Ray's per-trial working folder on the node that runs it: Ray copies every reported
-    # checkpoint into the trial folder under --output, so RecBole's own files stay out of it.
-    context = tune.get_context()
-    checkpoint_dir = os.path.join(os.getcwd(), "recbole_checkpoint", context.get_trial_id())
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    bigger = plan["mode"] == "max"
-    reporter, resume = EpochReporter(plan["metric"], bigger, plan["stopping_step"], checkpoint_dir), None
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        restored.to_directory(checkpoint_dir)
-        reporter, resume = EpochReporter.restore(plan["metric"], bigger, plan["stopping_step"], checkpoint_dir)
-    config_dict = {
-        **plan["fixed"],
-        **{name: plain(value) for name, value in params.items()},
-        "checkpoint_dir": checkpoint_dir,
-        # The GPUs Ray gave this trial (it already set CUDA_VISIBLE_DEVICES to them); "" = CPU.
-        "gpu_id": ",".join(str(i) for i in ray.get_gpu_ids()),
-    }
-    run_recbole_cmi(
-        plan["model"],
-        plan["dataset"],
-        config_dict=config_dict,
-        saved=True,
-        read_argv=False,
-        callback_fn=reporter,
-        resume=resume,
-        evaluate_test=False,
-    )
-
-
-# ---------------------------------------------------------------- driver
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None):
-    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local Ray; reuse one already running.
-
-    Yields True when connected to a cluster started with ``ray start`` (trials may run on other nodes).
-    """
-    import logging
-
-    import ray
-
-    if ray.is_initialized():
-        yield bool(address or os.environ.get("RAY_ADDRESS"))
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
+def _fixed_config(config) -> dict:
+    """What every trial gets: the config's yaml layers and the user's values, with an absolute ``data_path``."""
+    # Trials get recbole_cmi's yaml layers as they read now, under the user's values: editing a yaml
+    # file during a search (or a cluster node with other files) cannot change later trials.
+    given = {**config.property_values(), **config.external_config_dict}
+    fixed = {k: plain(v) for k, v in given.items() if k not in ("model", "dataset")}
+    fixed["data_path"] = os.path.dirname(os.path.normpath(config["data_path"]))
     try:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            ray.init(
-                num_cpus=num_cpus or available_cpus(),
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
+        json.dumps(fixed)
+    except TypeError as err:
+        raise ConfigValueError(
+            f"the fixed config must hold plain values (numbers, strings, lists, dicts): {err}"
+        ) from err
+    return fixed
+
+
+def _num_samples(settings: SearchSettings, params: list[HyperParam], params_file: Path) -> int:
+    """The trials to run: ``--num_samples``, else 1 per grid point or ``DEFAULT_NUM_SAMPLES``; a random search
+    over choices only runs each of its points at most once."""
+    num_samples = settings.num_samples or (1 if settings.search == "grid" else DEFAULT_NUM_SAMPLES)
+    n_points = choice_combinations(params) if settings.search == "random" else None
+    if n_points is not None and num_samples > n_points:
+        if settings.num_samples:
+            raise ConfigValueError(
+                f"--num_samples={num_samples} is more than the {n_points} different points of {params_file.name}: "
+                f"random search tries each point at most once; lower --num_samples or use --search=grid"
             )
-    except ConnectionError as err:
-        raise RecboleCmiError(f"cannot connect to the Ray cluster at '{address}': {_first_line(err)}") from err
-    except ray.exceptions.AuthenticationError as err:
-        raise RecboleCmiError(
-            f"the Ray cluster at '{address}' refused this process's token: set RAY_AUTH_MODE=token and the "
-            "cluster's RAY_AUTH_TOKEN (or its ~/.ray/auth_token) here, as on every node"
-        ) from err
-    try:
-        yield address not in (None, "", "local")
-    finally:
-        ray.shutdown()
-
-
-CONNECT_TIMEOUT_S = 10.0
-
-
-def check_cluster_answers(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Fail in one line, within ``timeout`` seconds, when nothing listens at ``HOST:PORT``.
-
-    Ray itself retries an unreachable address for minutes before it gives up.
-    """
-    import socket
-
-    host, _, port = address.rpartition(":")
-    if "://" in address or not host or not port.isdigit():
-        raise ConfigValueError(f"--address must be auto or HOST:PORT (the head node's GCS port), got '{address}'")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except OSError as err:
-        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
-        raise RecboleCmiError(
-            f"no Ray cluster answers at {address} ({reason}; connect timeout {timeout:g} s): start one with "
-            f"`ray start --head --port={port}` on {host}, or check --address"
-        ) from err
-
-
-def _first_line(err) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+        num_samples = n_points
+    return num_samples
 
 
 def evaluate_best(model_file: str) -> tuple[dict, dict]:
@@ -430,79 +271,6 @@ def evaluate_best(model_file: str) -> tuple[dict, dict]:
     with tempfile.TemporaryDirectory() as scratch, _working_directory(scratch):
         results = evaluate_checkpoint(model_file, splits=("valid", "test"))
     return tuple({k: float(v) for k, v in result.items()} for result in results)
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def pick_best(rows: list[TrialRow]) -> TrialRow | None:
-    """The first row of the sorted table that finished without error and left a checkpoint."""
-    for row in rows:
-        if row.status != "error" and row.score is not None and row.saved_model_file:
-            return row
-    return None
-
-
-def collect_rows(grid, plan: dict, params: list[HyperParam]) -> list[TrialRow]:
-    """One row per trial, best validation score first (ties by trial id, unscored trials last)."""
-    metric, max_t = plan["metric"], plan["max_t"]
-    scheduler = plan["settings"]["scheduler"]
-    rows = []
-    for result in grid:
-        metrics = result.metrics or {}
-        score = metrics.get(best_key(metric))
-        score = float(score) if score is not None and math.isfinite(float(score)) else None
-        epoch = metrics.get("epoch")
-        model_file = ""
-        if result.checkpoint is not None and metrics.get("checkpoint_file"):
-            model_file = os.path.join(result.checkpoint.path, metrics["checkpoint_file"])
-        if result.error is not None:
-            status = "error"
-        elif epoch is None:
-            status = "not started"
-        elif metrics.get("training_iteration", 0) >= max_t:
-            status = "completed"
-        elif metrics.get("early_stop"):
-            status = "early stop (stopping_step)"
-        elif not metrics.get("done"):
-            status = "unfinished"
-        else:
-            status = "stopped by ASHA" if scheduler == "asha" else "stopped"
-        rows.append(
-            TrialRow(
-                trial_id=metrics.get("trial_id") or os.path.basename(str(result.path)),
-                params={p.name: plain((result.config or {}).get(p.name)) for p in params},
-                score=score,
-                best_epoch=metrics.get("best_epoch"),
-                epochs_run=None if epoch is None else int(epoch) + 1,
-                status=status,
-                error=_one_line_error(result.error),
-                saved_model_file=model_file,
-                node_id=metrics.get("node_id") or "",
-            )
-        )
-    sign = -1 if plan["mode"] == "max" else 1
-    rows.sort(key=lambda r: (r.score is None, 0 if r.score is None else sign * r.score, r.trial_id))
-    for rank, row in enumerate(rows, start=1):
-        row.rank = rank
-    return rows
-
-
-def _one_line_error(error) -> str:
-    if error is None:
-        return ""
-    cause = error
-    while getattr(cause, "cause", None) is not None and cause.cause is not cause:  # RayTaskError wraps it
-        cause = cause.cause
-    text = str(cause).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    message = lines[-1] if lines else ""
-    name = type(cause).__name__
-    return message if message.startswith(name) else f"{name}: {message}"
 
 
 def _driver_config(model, dataset, config_files, config_dict):
@@ -561,124 +329,6 @@ def _resumed_settings(plan: dict, given: SearchSettings) -> SearchSettings:
     settings.num_cpus = given.num_cpus
     settings.verbose = given.verbose
     return settings
-
-
-def _check_resources(settings: SearchSettings) -> float:
-    """Per-trial GPUs; a request no node can meet is an error locally (Ray would wait forever)."""
-    import ray
-
-    resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    gpus_per_trial = settings.gpus_per_trial
-    if gpus_per_trial is None:
-        gpus_per_trial = 1.0 if gpus >= 1 else 0.0
-    problems = []
-    if settings.cpus_per_trial > cpus:
-        problems.append(f"--cpus_per_trial={settings.cpus_per_trial:g} but the cluster has {cpus:g} CPUs")
-    if gpus_per_trial > gpus:
-        problems.append(f"--gpus_per_trial={gpus_per_trial:g} but the cluster has {gpus:g} GPUs")
-    if problems:
-        message = "; ".join(problems)
-        if not (settings.address or os.environ.get("RAY_ADDRESS")):
-            raise ConfigValueError(f"{message} (local Ray)")
-        print(f"warning: {message}; trials wait until the cluster grows", file=sys.stderr)
-    return gpus_per_trial
-
-
-def _trainable(plan: dict, cpus_per_trial: float, gpus_per_trial: float):
-    from ray import tune
-
-    trial_plan = {key: plan[key] for key in ("model", "dataset", "fixed", "metric", "mode", "stopping_step")} | {
-        "cpus_per_trial": cpus_per_trial
-    }
-    return tune.with_resources(
-        tune.with_parameters(run_trial, plan=trial_plan), {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
-    )
-
-
-def _new_tuner(plan: dict, params: list[HyperParam], settings: SearchSettings, trainable, output: Path, storage=None):
-    from ray import tune
-
-    metric = best_key(plan["metric"])
-    search = settings.search
-    num_samples = plan["settings"]["num_samples"]
-    return tune.Tuner(
-        trainable,
-        param_space=to_search_space(params, grid=search == "grid"),
-        tune_config=tune.TuneConfig(
-            metric=metric,
-            mode=plan["mode"],
-            num_samples=num_samples,
-            scheduler=_scheduler(settings, plan["max_t"]),
-            search_alg=_search_algorithm(
-                search,
-                settings.search_seed,
-                num_samples,
-                settings.max_concurrent,
-                distinct_choice_points(params, num_samples, settings.search_seed) if search == "random" else None,
-            ),
-            # Ray applies this to Searchers only; the variant generator takes its own limit.
-            max_concurrent_trials=None if search in ("random", "grid") else settings.max_concurrent,
-        ),
-        run_config=tune.RunConfig(
-            name=plan["experiment"],
-            storage_path=str(output / "ray"),
-            storage_filesystem=storage,
-            verbose=settings.verbose,
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        ),
-    )
-
-
-def _restore(experiment_dir: Path, trainable, storage=None):
-    from ray import tune
-
-    if not tune.Tuner.can_restore(str(experiment_dir), storage_filesystem=storage):
-        raise ConfigValueError(f"cannot resume: no Ray Tune experiment state in {experiment_dir}")
-    return tune.Tuner.restore(
-        str(experiment_dir),
-        trainable=trainable,
-        resume_unfinished=True,
-        resume_errored=False,
-        storage_filesystem=storage,
-    )
-
-
-def _scheduler(settings: SearchSettings, max_t: int):
-    if settings.scheduler == "fifo":
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    return ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=max_t,
-        grace_period=min(settings.grace_period, max_t),
-        reduction_factor=settings.reduction_factor,
-    )
-
-
-def _search_algorithm(search: str, seed: int | None, num_samples: int, max_concurrent: int | None, points=None):
-    if search in ("random", "grid"):
-        from ray.tune.search.basic_variant import BasicVariantGenerator
-
-        # ``points`` (random search over choices only): the trials' distinct points, one per sample.
-        return BasicVariantGenerator(
-            random_state=seed, max_concurrent=max_concurrent or 0, points_to_evaluate=points or None
-        )
-    if search == "hyperopt":
-        try:
-            from ray.tune.search.hyperopt import HyperOptSearch
-        except ImportError as err:
-            raise ConfigValueError("--search=hyperopt needs hyperopt: pip install 'recbole_cmi[tune]'") from err
-        # TPE models the results of the first trials; with few trials, start modelling after a third.
-        return HyperOptSearch(random_state_seed=seed, n_initial_points=max(1, min(20, num_samples // 3)))
-    try:
-        import optuna  # noqa: F401
-        from ray.tune.search.optuna import OptunaSearch
-    except ImportError as err:
-        raise ConfigValueError("--search=optuna needs optuna: pip install 'recbole_cmi[tune]'") from err
-    return OptunaSearch(seed=seed)
 
 
 @contextlib.contextmanager
