@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import re
+import runpy
 import sys
 from pathlib import Path
 
@@ -75,6 +77,22 @@ def call(main, argv):
         except SystemExit as exc:
             status = exc.code
     return status, out.getvalue(), err.getvalue()
+
+
+def script_main(script="run_recbole_cmi.py"):
+    """The ``main(argv)`` of a script at the top of the repository (``run_recbole_cmi.py``, ``run_hyper.py``)."""
+    return runpy.run_path(str(REPO_ROOT / script), run_name=Path(script).stem)["main"]
+
+
+def flags(settings):
+    """A settings dict as command-line flags: ``{"epochs": 1}`` -> ``["--epochs=1"]``."""
+    return [f"--{key}={value}" for key, value in settings.items()]
+
+
+def finite_metrics(result):
+    """Every metric of a run's result is a finite number in [0, 1] (and there is at least one)."""
+    values = list(result.values())
+    return bool(values) and all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values)
 
 
 def one_line_error(status, err, *expected):

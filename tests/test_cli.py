@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import runpy
 import sys
 
 import pytest
-from conftest import REPO_ROOT, TINY_SETTINGS, call
+from conftest import TINY_SETTINGS, call, flags, script_main
 
 from recbole_cmi.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
 def main():
-    return runpy.run_path(str(REPO_ROOT / "run_recbole_cmi.py"), run_name="run_recbole_cmi")["main"]
+    return script_main()
 
 
 def cli_args(data_root, checkpoint_dir, **overrides):
     settings = dict(TINY_SETTINGS, data_path=str(data_root), checkpoint_dir=str(checkpoint_dir))
     settings.update(overrides)
-    return ["--model=SASRec", "--dataset=tiny"] + [f"--{key}={value}" for key, value in settings.items()]
+    return ["--model=SASRec", "--dataset=tiny", *flags(settings)]
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +32,7 @@ def first_run(main, tiny_data_root, tmp_path_factory):
     return status, out, err, workdir
 
 
+@pytest.mark.e2e
 def test_one_epoch_run_exits_0_and_prints_the_test_result(first_run):
     status, out, err, workdir = first_run
     assert status == 0, err
@@ -58,6 +58,7 @@ def test_main_restores_sys_argv(main, monkeypatch):
     assert sys.argv == ["prog"]  # RecBole reads --key=value from sys.argv only while main runs
 
 
+@pytest.mark.e2e
 def test_resume_continues_the_run_through_the_cli(main, first_run, tiny_data_root, tmp_path):
     _, out, _, workdir = first_run
     checkpoint = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("checkpoint: "))
@@ -72,6 +73,7 @@ def test_resume_continues_the_run_through_the_cli(main, first_run, tiny_data_roo
     assert "epoch 0 training" not in log and "epoch 1 training" in log
 
 
+@pytest.mark.e2e
 def test_resume_with_another_models_checkpoint_is_refused(main, first_run, tiny_data_root, tmp_path):
     _, out, _, workdir = first_run
     checkpoint = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("checkpoint: "))

@@ -75,6 +75,7 @@ def test_disable_anomaly_mode_reports_and_is_idempotent(restore_anomaly_mode):
     assert torch.is_anomaly_enabled() is False
 
 
+@pytest.mark.e2e
 def test_recbole_sequential_import_turns_anomaly_on_and_our_lookup_turns_it_off():
     """In a fresh process; also checks that importing recbole_cmi sets no global torch.load switch."""
     code = textwrap.dedent(
@@ -130,6 +131,7 @@ def anomaly_run(tiny_data_root, tmp_path_factory):
     return result, seen, after
 
 
+@pytest.mark.e2e
 def test_training_runs_with_anomaly_mode_off(anomaly_run):
     result, seen, after = anomaly_run
     assert seen["loss"] and not any(seen["loss"]), "anomaly mode was on during a training step"
@@ -138,6 +140,7 @@ def test_training_runs_with_anomaly_mode_off(anomaly_run):
     assert result["test_result"]["ndcg@10"] >= 0
 
 
+@pytest.mark.e2e
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_our_checkpoints_load_with_torchs_safe_default(anomaly_run, monkeypatch):
     result, _, _ = anomaly_run

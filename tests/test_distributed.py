@@ -18,6 +18,7 @@ from recbole_cmi.quick_start import evaluate_checkpoint, run_distributed
 METRICS = ("recall@10", "ndcg@10", "hit@10", "mrr@10")
 
 
+@pytest.mark.e2e
 def test_run_distributed_trains_with_two_cpu_processes(tiny_config, tmp_path):
     result = run_distributed("CMI", "tiny", config_dict=tiny_config(), nproc=2)
 
@@ -38,11 +39,13 @@ def test_run_distributed_trains_with_two_cpu_processes(tiny_config, tmp_path):
         assert abs(single[name] - result["test_result"][name]) <= 0.02, name
 
 
+@pytest.mark.e2e
 def test_a_user_error_in_the_workers_is_raised_as_itself(tiny_config):
     with pytest.raises(DatasetError, match="unknown dataset 'nope'"):
         run_distributed("CMI", "nope", config_dict=tiny_config(), nproc=2)
 
 
+@pytest.mark.e2e
 def test_sparse_item_updates_are_refused_in_a_distributed_run(tiny_config):
     with pytest.raises(ConfigValueError, match="sparse_item_updates: True runs in one process only"):
         run_distributed("CMI", "tiny", config_dict=tiny_config(sparse_item_updates=True), nproc=2)
@@ -120,6 +123,7 @@ def _gradient_worker(rank, folder, port, settings):
         dist.destroy_process_group()
 
 
+@pytest.mark.e2e
 def test_ddp_gradients_are_those_of_the_mean_of_per_process_losses(tiny_config, tmp_path):
     """In-batch negatives and InfoNCE negatives are per process: DDP optimises the mean of the half-batch losses.
 

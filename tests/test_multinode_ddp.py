@@ -22,7 +22,7 @@ from loopback import report_measured, require_inside, run_inside
 
 from recbole_cmi.distributed import find_free_port
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 OUTER = "test_multinode_ddp.py::test_multi_node_ddp_on_loopback"
 REPORTED = ("recall@10", "ndcg@10", "hit@10", "mrr@10", "recall@20", "ndcg@20")
 # A DDP run and a 1-process run with the same global batch (64 rows) see the rows in other orders (RecBole's

@@ -14,6 +14,8 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
+pytestmark = pytest.mark.e2e  # builds a wheel and installs it in a fresh environment
+
 SOURCE_PARTS = ("setup.cfg", "pyproject.toml", "README.md", "LICENSE", "recbole_cmi", "properties")
 
 

@@ -36,6 +36,7 @@ def _same_weights(a, b) -> bool:
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("model", MODELS)
 def test_every_models_trainer_reports_each_epoch_and_validation_to_its_observer(model, tiny_config):
     pipeline = build_pipeline(model, "tiny", config_dict=tiny_config(epochs=3, stopping_step=10), log=False)
@@ -117,6 +118,7 @@ def test_bad_stage_and_split_names_are_refused_before_any_work(tmp_path):
         evaluate_checkpoint(missing, splits=())
 
 
+@pytest.mark.e2e
 def test_evaluate_checkpoint_gives_the_runs_best_validation_and_test_results(tiny_config):
     result = run_recbole_cmi("SASRec", "tiny", config_dict=tiny_config(epochs=2))
     model_file = result["saved_model_file"]

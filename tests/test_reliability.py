@@ -50,6 +50,7 @@ def same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.e2e
 def test_resumed_run_ends_exactly_like_an_uninterrupted_one(runs):
     straight, resumed = runs["straight"], runs["resumed"]
     assert resumed["saved_model_file"] == runs["short"]["saved_model_file"]  # the run keeps its file names
@@ -67,11 +68,13 @@ def test_resumed_run_ends_exactly_like_an_uninterrupted_one(runs):
     assert last_straight["optimizer"]["state"].keys() == last_resumed["optimizer"]["state"].keys()
 
 
+@pytest.mark.e2e
 def test_resumed_run_really_trained_on(runs):
     last = load_checkpoint(last_checkpoint_path(runs["resumed"]["saved_model_file"]))
     assert not same_tensors(last["state_dict"], runs["short_state"])
 
 
+@pytest.mark.e2e
 def test_same_seed_gives_identical_metrics_and_weights(runs):
     short, again = runs["short"], runs["again"]
     assert again["best_valid_result"] == short["best_valid_result"]
@@ -79,6 +82,7 @@ def test_same_seed_gives_identical_metrics_and_weights(runs):
     assert same_tensors(load_checkpoint(again["saved_model_file"])["state_dict"], runs["short_state"])
 
 
+@pytest.mark.e2e
 def test_resuming_a_finished_run_changes_nothing(runs, tiny_data_root):
     straight = runs["straight"]
     best = Path(straight["saved_model_file"])
@@ -89,11 +93,13 @@ def test_resuming_a_finished_run_changes_nothing(runs, tiny_data_root):
     assert hashlib.sha256(best.read_bytes()).hexdigest() == digest
 
 
+@pytest.mark.e2e
 def test_checkpoint_of_another_model_is_refused(runs, tiny_data_root, tmp_path):
     with pytest.raises(CheckpointError, match="was written for model 'SASRec', not 'GRU4Rec'"):
         run(tiny_data_root, tmp_path / "saved", model="GRU4Rec", resume=runs["again"]["saved_model_file"])
 
 
+@pytest.mark.e2e
 def test_nan_loss_stops_training_and_keeps_the_best_checkpoint(tiny_data_root, tmp_path, monkeypatch):
     state = {"validated": False}
     original = SASRec.calculate_loss

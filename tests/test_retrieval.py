@@ -12,8 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_SETTINGS, one_line_error, unpadded, verb
-from test_tools import call
+from conftest import REPO_ROOT, TINY_SETTINGS, call, verb
 
 from recbole_cmi.config import Config
 from recbole_cmi.data.dataloader import data_preparation
@@ -155,6 +154,7 @@ def test_interest_vectors_and_item_table_are_each_models_full_sort_predict(model
 
 
 # --------------------------------------------------------------------------------------------- evaluation
+@pytest.mark.e2e
 @pytest.mark.parametrize("model_name", ["CMI", "SASRec"])
 @pytest.mark.parametrize("exclude", [True, False])
 def test_an_exhaustive_index_ranks_every_test_user_exactly(checkpoints, model_name, exclude):
@@ -168,6 +168,7 @@ def test_an_exhaustive_index_ranks_every_test_user_exactly(checkpoints, model_na
         torch.testing.assert_close(scores, exact_scores)
 
 
+@pytest.mark.e2e
 def test_history_items_are_excluded_exactly_as_in_the_exact_ranking(checkpoints):
     # ItemCoverage reads item ids: the trainer hands the collector the full [users, items] matrix
     faiss_trainer, test_data = _trainer(
@@ -184,6 +185,7 @@ def test_history_items_are_excluded_exactly_as_in_the_exact_ranking(checkpoints)
             assert (torch.isfinite(scores).sum(dim=1) >= torch.clamp(80 - n_history - 1, max=TOPK)).all()
 
 
+@pytest.mark.e2e
 def test_evaluate_gives_the_same_metrics_through_recboles_evaluator(checkpoints):
     metrics = ["Recall", "NDCG", "Hit", "MRR", "Precision", "MAP"]
     results = []
@@ -194,6 +196,7 @@ def test_evaluate_gives_the_same_metrics_through_recboles_evaluator(checkpoints)
     assert {"recall@20", "ndcg@20"} <= set(results[0]) and len(results[0]) == 2 * len(metrics)
 
 
+@pytest.mark.e2e
 def test_metrics_that_read_item_ids_get_the_full_score_matrix(checkpoints):
     structs = []
     for settings in ({}, {"retrieval": "faiss", "faiss_index": "flat"}):
@@ -208,6 +211,7 @@ def test_metrics_that_read_item_ids_get_the_full_score_matrix(checkpoints):
         assert torch.equal(structs[0].get(key), structs[1].get(key)), key
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("index", ["ivf", "hnsw"])
 def test_approximate_indexes_are_deterministic(checkpoints, index):
     runs = []
@@ -224,6 +228,7 @@ def _users(checkpoint, n=4):
     return [str(t) for t in dataset.field2id_token[dataset.uid_field][1 : n + 1]]
 
 
+@pytest.mark.e2e
 def test_recommend_with_faiss_equals_the_exact_ranking(checkpoints):
     _, model, dataset, *_ = load_data_and_model(checkpoints["CMI"])
     settings = RetrievalSettings(mode="faiss", index="flat")
@@ -234,6 +239,7 @@ def test_recommend_with_faiss_equals_the_exact_ranking(checkpoints):
         np.testing.assert_allclose(found.scores, exact.scores, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.e2e
 def test_recommend_command_prints_the_interest_with_faiss(checkpoints):
     user = _users(checkpoints["CMI"], 1)[0]
     argv = ["--checkpoint", checkpoints["CMI"], "--user", user, "--topk", "5"]
@@ -259,6 +265,7 @@ def exports(checkpoints, workdir):
     return folders
 
 
+@pytest.mark.e2e
 def test_the_export_holds_the_promised_files(exports):
     manifest = json.loads((exports["CMI"] / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["model"] == "CMI" and manifest["num_interests"] == 3 and manifest["dim"] == 16
@@ -272,6 +279,7 @@ def test_the_export_holds_the_promised_files(exports):
     assert sasrec["num_interests"] == 1 and sasrec["temperature"] is None and sasrec["index"]["type"] == "hnsw"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("model_name", ["CMI", "SASRec"])
 def test_the_torchscript_encoder_equals_the_models_forward(checkpoints, exports, model_name):
     _, model, _, _, _, test_data = load_data_and_model(checkpoints[model_name])
@@ -286,6 +294,7 @@ def test_the_torchscript_encoder_equals_the_models_forward(checkpoints, exports,
             torch.testing.assert_close(encoder(seq[:3]), expected[:3], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.e2e
 def test_the_serving_example_reproduces_recommend(checkpoints, exports):
     example = REPO_ROOT / "docs" / "serve_export.py"
     assert len(example.read_text(encoding="utf-8").splitlines()) <= 40
@@ -304,6 +313,7 @@ def test_the_serving_example_reproduces_recommend(checkpoints, exports):
 
 
 # --------------------------------------------------------------------------------------------- errors
+@pytest.mark.e2e
 def test_missing_faiss_is_one_line_naming_the_extra(monkeypatch, checkpoints):
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss now raises ImportError
     with pytest.raises(ConfigValueError, match=r"recbole_cmi\[retrieval\]"):
@@ -341,55 +351,3 @@ def test_the_settings_defaults_are_the_yaml_defaults():
 
     overall = yaml.safe_load((properties_dir() / "overall.yaml").read_text(encoding="utf-8"))
     assert RetrievalSettings.from_config(overall) == RetrievalSettings()
-
-
-def test_the_retrieval_benchmark_runs_on_a_small_catalogue(tmp_path):
-    from recbole_cmi.benchmark import speed
-
-    out = tmp_path / "retrieval.md"
-    argv = ["--retrieval", "--catalogues", "2k", "--retrieval-interactions", "4k", "--retrieval-users", "40"]
-    argv += ["--retrieval-train-steps", "2", "--ivf-nprobe", "1,64", "--hnsw-ef", "50", "--d", "8", "--out", str(out)]
-    status, stdout, err = call(speed.main, argv)
-    assert status == 0, err
-    finished = [line for line in stdout.splitlines() if line.startswith("[2k] ")]  # one line per evaluation
-    assert len(finished) == 6 and all(" ms/user over " in line for line in finished), finished
-    report = unpadded(out.read_text(encoding="utf-8"))
-    rows = [line.split(" | ") for line in report.splitlines() if line.startswith("| 2k")]
-    assert [(r[1], r[2].split(" (")[0]) for r in rows] == [
-        ("CMI", "exact"),
-        ("CMI", "faiss ivf"),
-        ("CMI", "faiss ivf"),
-        ("CMI", "faiss hnsw"),
-        ("SASRec", "exact"),
-        ("SASRec", "faiss ivf"),
-    ]
-    exhaustive = rows[2]  # nprobe 64 >= the sqrt(2000) = 45 lists: every list searched, the exact top-50
-    assert exhaustive[-1].strip(" |") == "1.0000" and rows[0][-1].strip(" |") == "1.0000"
-    assert all(float(r[4]) > 0 for r in rows)  # ms per user
-
-
-def test_the_retrieval_benchmark_measures_trained_checkpoints_on_their_own_test_split(tiny_config, tmp_path):
-    from recbole_cmi.benchmark import speed
-    from recbole_cmi.quick_start import evaluate_checkpoint, run_recbole_cmi
-
-    settings = tiny_config(exclude_history_items=True, metrics=["Recall", "NDCG"], topk=[20, 50])
-    checkpoints = [run_recbole_cmi(m, "tiny", config_dict=settings)["saved_model_file"] for m in ("CMI", "SASRec")]
-    out = tmp_path / "retrieval.md"
-    argv = ["--retrieval", "--retrieval-checkpoints", ",".join(checkpoints), "--ivf-nprobe", "64", "--hnsw-ef", "50"]
-    status, stdout, err = call(speed.main, argv + ["--out", str(out)])
-    assert status == 0, err
-    finished = [line.split()[1:3] for line in stdout.splitlines() if line.startswith("[tiny] ")]  # one per evaluation
-    assert finished == [
-        ["CMI", "exact:"],
-        ["CMI", "faiss"],
-        ["CMI", "faiss"],
-        ["SASRec", "exact:"],
-        ["SASRec", "faiss"],
-    ]
-    rows = [line.split(" | ") for line in unpadded(out.read_text(encoding="utf-8")).splitlines() if "| tiny" in line]
-    exact = evaluate_checkpoint(checkpoints[0])  # the exact row is the checkpoint's own test evaluation
-    assert float(rows[0][7]) == pytest.approx(exact["recall@50"], abs=1e-4)
-    assert float(rows[0][8]) == pytest.approx(exact["ndcg@20"], abs=1e-4)
-    assert rows[1][-1].strip(" |") == "1.0000"  # nprobe 64 over sqrt(80) lists: exhaustive, the exact top-50
-    status, _, err = call(speed.main, ["--retrieval", "--retrieval-checkpoints", str(tmp_path / "missing.pth")])
-    one_line_error(status, err, "missing.pth")

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import runpy
 import shutil
 import sys
 
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, TINY_SETTINGS, call, one_line_error, verb
+from conftest import REPO_ROOT, TINY_SETTINGS, call, flags, one_line_error, script_main, verb
 
 from recbole_cmi.checkpoint import FORMAT, load_checkpoint
 from recbole_cmi.config import Config, literal_value
@@ -41,14 +40,14 @@ QUIET = ["--state=ERROR", "--gpu_id="]
 
 
 def run_main():
-    return runpy.run_path(str(REPO_ROOT / "run_recbole_cmi.py"), run_name="run_recbole_cmi")["main"]
+    return script_main()
 
 
 def tiny_args(data_root, tmp_path, model="CMI", **overrides):
     settings = dict(TINY_SETTINGS, data_path=str(data_root), checkpoint_dir=str(tmp_path / "saved"))
     settings.update(num_interest=2, embedding_size=8)
     settings.update(overrides)
-    return [f"--model={model}", "--dataset=tiny"] + [f"--{k}={v}" for k, v in settings.items()]
+    return [f"--model={model}", "--dataset=tiny", *flags(settings)]
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +79,7 @@ def crafted(tmp_path):
 # ----------------------------------------------------------------------------- 1. checkpoints
 
 
+@pytest.mark.e2e
 def test_a_crafted_checkpoint_runs_nothing_through_any_entry_point(crafted, tiny_data_root, tmp_path):
     marker, files = crafted
     for path in files:
@@ -95,6 +95,7 @@ def test_a_crafted_checkpoint_runs_nothing_through_any_entry_point(crafted, tiny
             assert not marker.exists(), f"{main} ran the payload of {path.name}"
 
 
+@pytest.mark.e2e
 def test_our_checkpoints_hold_only_what_the_safe_loader_reads(trained):
     path, _ = trained
     raw = torch.load(path, weights_only=True)  # would raise on any pickled object
@@ -115,6 +116,7 @@ def _old_format_copy(path, target):
     return target
 
 
+@pytest.mark.e2e
 def test_an_old_checkpoint_needs_trust_and_upgrades_to_the_safe_format(trained, tmp_path):
     path, work = trained
     old = _old_format_copy(path, tmp_path / "old.pth")
@@ -139,6 +141,7 @@ def test_an_old_checkpoint_needs_trust_and_upgrades_to_the_safe_format(trained, 
     assert load_checkpoint(upgraded)["config"]["model"] == "CMI"
 
 
+@pytest.mark.e2e
 def test_resume_refuses_an_old_checkpoint_unless_trusted(trained, tiny_data_root, tmp_path):
     path, _ = trained
     old = _old_format_copy(path, tmp_path / "old.pth")
@@ -150,6 +153,7 @@ def test_resume_refuses_an_old_checkpoint_unless_trusted(trained, tiny_data_root
     assert "test result" in out
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_on_data_with_another_id_mapping_is_refused(trained, tiny_data_root, tmp_path):
     path, _ = trained
     # The same interactions, rows reordered: RecBole numbers tokens in order of appearance.
@@ -208,6 +212,7 @@ def test_broken_yaml_names_the_file_and_line(tmp_path):
         Config("SASRec", "micro_video", [str(broken)], {"gpu_id": ""}, read_argv=False)
 
 
+@pytest.mark.e2e
 def test_a_search_runs_no_code_from_a_yaml_file_or_a_hyper_choice(tiny_data_root, tmp_path):
     pytest.importorskip("ray")
     marker_yaml, marker_hyper = tmp_path / "ran-yaml", tmp_path / "ran-hyper"
@@ -216,7 +221,7 @@ def test_a_search_runs_no_code_from_a_yaml_file_or_a_hyper_choice(tiny_data_root
     config_file.write_text(yaml.safe_dump(settings) + f"note: \"open({str(marker_yaml)!r}, 'w')\"\n", encoding="utf-8")
     hyper = tmp_path / "evil.hyper"
     hyper.write_text(f"category_init choice [\"open({str(marker_hyper)!r}, 'w')\"]\n", encoding="utf-8")
-    main = runpy.run_path(str(REPO_ROOT / "run_hyper.py"), run_name="run_hyper")["main"]
+    main = script_main("run_hyper.py")
     status, out, err = call(
         main,
         [

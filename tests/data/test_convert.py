@@ -408,6 +408,7 @@ def test_cli_reports_one_error_line_and_fails(tmp_path, capsys, argv, message):
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_module_entry_point_exit_code(tmp_path):
     done = subprocess.run(
         [
@@ -688,6 +689,7 @@ def test_the_command_line_writes_exactly_these_bytes(source, tmp_path):
 # --- the output loads in RecBole ------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_converted_microlens_trains_sasrec_for_one_epoch(tmp_path):
     """The output loads through validate_atomic_files and RecBole, with properties/dataset/microlens.yaml."""
     from recbole_cmi.quick_start import run_recbole_cmi

@@ -78,6 +78,7 @@ def test_targets_are_not_only_the_next_item_and_draws_are_reproducible(per_user)
         assert torch.equal(a[dataset.item_id_list_field], b[dataset.item_id_list_field])
 
 
+@pytest.mark.e2e
 def test_per_user_trains_end_to_end_and_refuses_general_models(tiny_config):
     result = run_recbole_cmi("CMI", "tiny", config_dict=tiny_config(train_sampling="per_user", num_interest=2))
     assert result["test_result"]["recall@10"] >= 0

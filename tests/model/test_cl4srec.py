@@ -4,12 +4,12 @@ tuple, configuration errors, then 1-epoch runs through the runner and the CLI.""
 from __future__ import annotations
 
 import math
-import runpy
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import REPO_ROOT, finite_metrics, script_main
 from recbole.data.interaction import Interaction
 
 from recbole_cmi.compat import disable_anomaly_mode
@@ -20,7 +20,6 @@ from recbole_cmi.model.layers import info_nce
 from recbole_cmi.quick_start import evaluate_checkpoint, prepare, run_recbole_cmi
 from recbole_cmi.utils import get_model
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 N_ITEMS = 9  # including padding id 0; the mask token is id 9
 MASK_ID = N_ITEMS
 SEQ_LEN = 5
@@ -349,19 +348,15 @@ def test_training_loader_feeds_views_to_every_batch_and_leaves_the_dataset_uncha
     assert torch.equal(train_data._dataset.inter_feat["item_id_list"], stored)
 
 
-def _finite_metrics(result):
-    values = list(result.values())
-    return values and all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values)
-
-
+@pytest.mark.e2e
 @pytest.mark.parametrize(("loss_type", "saved"), [("CE", False), ("BPR", True)])
 def test_one_epoch_run(tiny_config, loss_type, saved):
     result = run_recbole_cmi("CL4SRec", "tiny", config_dict=tiny_config(loss_type=loss_type), saved=saved)
     assert result["config"]["loss_type"] == loss_type
     sampling = result["config"]["train_neg_sample_args"]["distribution"]
     assert sampling == ("none" if loss_type == "CE" else "uniform")
-    assert _finite_metrics(result["test_result"]) and "ndcg@20" in result["test_result"]
-    assert _finite_metrics(result["best_valid_result"])
+    assert finite_metrics(result["test_result"]) and "ndcg@20" in result["test_result"]
+    assert finite_metrics(result["best_valid_result"])
     if saved:  # the test metrics came from the reloaded best checkpoint
         checkpoint = Path(result["saved_model_file"])
         assert checkpoint.is_file()
@@ -369,10 +364,11 @@ def test_one_epoch_run(tiny_config, loss_type, saved):
         assert dict(again) == pytest.approx(dict(result["test_result"]))
 
 
+@pytest.mark.e2e
 def test_cli_runs_one_epoch(tiny_config, tmp_path, capsys):
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(tiny_config()))
-    main = runpy.run_path(str(REPO_ROOT / "run_recbole_cmi.py"))["main"]
+    main = script_main()
 
     code = main(
         ["--model=CL4SRec", "--dataset=tiny", f"--config_files={config_file}", "--saved=False", "--cl_similarity=cos"]
@@ -386,7 +382,7 @@ def test_cli_runs_one_epoch(tiny_config, tmp_path, capsys):
 def test_cli_reports_a_bad_temperature_in_one_line(tiny_config, tmp_path, capsys):
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(tiny_config()))
-    main = runpy.run_path(str(REPO_ROOT / "run_recbole_cmi.py"))["main"]
+    main = script_main()
 
     code = main(["--model=CL4SRec", "--dataset=tiny", f"--config_files={config_file}", "--cl_temperature=0"])
 

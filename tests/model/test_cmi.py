@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-import runpy
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO_ROOT, TINY_SETTINGS
+from conftest import TINY_SETTINGS, script_main
 from recbole.data.interaction import Interaction
 
 from recbole_cmi.data.sampler import SHARED_NEG_FIELD, SharedNegatives, uniform_negatives
@@ -336,6 +335,7 @@ def test_invalid_settings_are_rejected(tiny_config, key, value):
         prepare("CMI", "tiny", config_dict=tiny_config(**{key: value}))
 
 
+@pytest.mark.e2e
 def test_training_is_deterministic_under_a_seed(tiny_config):
     settings = tiny_config(num_interest=2, embedding_size=8, epochs=2)
     first = run_recbole_cmi("CMI", "tiny", config_dict=settings, saved=False)
@@ -344,9 +344,10 @@ def test_training_is_deterministic_under_a_seed(tiny_config):
     assert first["test_result"] == second["test_result"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("loss_type", ["SAMPLED", "CE", "BPR"])
 def test_cli_trains_and_tests_cmi(tiny_data_root, tmp_path, capsys, loss_type):
-    main = runpy.run_path(str(REPO_ROOT / "run_recbole_cmi.py"))["main"]
+    main = script_main()
     code = main(
         [
             "--model=CMI",
@@ -436,6 +437,7 @@ def test_sparse_item_updates_refuse_dense_settings(tiny_config, overrides, messa
         run_recbole_cmi("CMI", "tiny", config_dict=tiny_config(sparse_item_updates=True, **overrides), saved=False)
 
 
+@pytest.mark.e2e
 def test_sparse_item_updates_train_end_to_end(tiny_config):
     result = run_recbole_cmi(
         "CMI", "tiny", config_dict=tiny_config(num_interest=2, embedding_size=8, sparse_item_updates=True), saved=False
@@ -470,6 +472,7 @@ def test_rec_loss_on_the_history_scores_the_whole_history_and_keeps_the_views_fo
     assert orth.item() == pytest.approx(as_run[2].item(), rel=1e-6)
 
 
+@pytest.mark.e2e
 def test_rec_loss_on_the_history_trains_end_to_end(tiny_config):
     settings = tiny_config(num_interest=2, embedding_size=8, rec_loss_input="history")
     result = run_recbole_cmi("CMI", "tiny", config_dict=settings, saved=False)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import runpy
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import finite_metrics, script_main
 from recbole.data.interaction import Interaction
 
 from recbole_cmi.errors import ConfigValueError
@@ -16,7 +16,6 @@ from recbole_cmi.model.comirec_dr import CapsuleInterests, ComiRecDR, dynamic_ro
 from recbole_cmi.model.comirec_sa import ComiRecSA, SelfAttentiveInterests
 from recbole_cmi.quick_start import evaluate_checkpoint, run_recbole_cmi
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 N_ITEMS = 9  # including padding id 0
 SEQ_LEN = 5
 
@@ -367,37 +366,35 @@ def test_bad_settings_name_key_value_and_range(model_class, key, value):
 # --------------------------------------------------------------------------- end to end
 
 
-def _finite_metrics(result):
-    values = list(result.values())
-    return values and all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values)
-
-
+@pytest.mark.e2e
 @pytest.mark.parametrize(("model", "loss_type"), [("ComiRecSA", "CE"), ("ComiRecSA", "BPR"), ("ComiRecDR", "BPR")])
 def test_one_epoch_run(tiny_config, model, loss_type):
     result = run_recbole_cmi(model, "tiny", config_dict=tiny_config(num_interest=2, loss_type=loss_type), saved=False)
     assert result["config"]["loss_type"] == loss_type
     sampling = result["config"]["train_neg_sample_args"]["distribution"]
     assert sampling == ("none" if loss_type == "CE" else "uniform")
-    assert _finite_metrics(result["test_result"]) and "ndcg@20" in result["test_result"]
-    assert _finite_metrics(result["best_valid_result"])
+    assert finite_metrics(result["test_result"]) and "ndcg@20" in result["test_result"]
+    assert finite_metrics(result["best_valid_result"])
 
 
+@pytest.mark.e2e
 def test_one_epoch_run_reloads_the_best_checkpoint(tiny_config):
     result = run_recbole_cmi("ComiRecDR", "tiny", config_dict=tiny_config(num_interest=2), saved=True)
     checkpoint = Path(result["saved_model_file"])
     assert checkpoint.is_file()
     assert result["config"]["learning_rate"] == 0.005 and result["config"]["routing_times"] == 3
-    assert _finite_metrics(result["test_result"])
+    assert finite_metrics(result["test_result"])
     # The test metrics came from the reloaded best model: evaluating the file again gives the same numbers.
     again = evaluate_checkpoint(str(checkpoint), splits="test")
     assert dict(again) == pytest.approx(dict(result["test_result"]))
 
 
+@pytest.mark.e2e
 def test_cli_runs_one_epoch(tiny_config, tmp_path, capsys):
     settings = tiny_config(num_interest=2)
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(settings))
-    main = runpy.run_path(str(REPO_ROOT / "run_recbole_cmi.py"))["main"]
+    main = script_main()
 
     code = main(
         ["--model=ComiRecSA", "--dataset=tiny", f"--config_files={config_file}", "--saved=False", "--add_pos=False"]
@@ -411,7 +408,7 @@ def test_cli_runs_one_epoch(tiny_config, tmp_path, capsys):
 def test_cli_reports_a_bad_num_interest_in_one_line(tiny_config, tmp_path, capsys):
     config_file = tmp_path / "tiny.yaml"
     config_file.write_text(yaml.safe_dump(tiny_config()))
-    main = runpy.run_path(str(REPO_ROOT / "run_recbole_cmi.py"))["main"]
+    main = script_main()
 
     code = main(["--model=ComiRecDR", "--dataset=tiny", f"--config_files={config_file}", "--num_interest=0"])
 

@@ -112,6 +112,7 @@ def test_accuracy_tuned_needs_every_models_file_and_no_option_that_overrides_it(
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.e2e
 def test_a_search_writes_the_tuned_file_that_accuracy_tuned_runs_with(tiny_data_root, tmp_path):
     """Ray, two 1-epoch trials and one benchmark run: 37 s on the shared 2 cores (mostly starting Ray), the
     price of testing the whole path, search to table, once."""

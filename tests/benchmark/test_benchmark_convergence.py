@@ -47,6 +47,7 @@ def _loo_recall_by_hand(model, loader, k: int, exclude: bool) -> float:
     return hits / users
 
 
+@pytest.mark.e2e
 def test_loo_one_checkpoint_both_conventions_against_a_brute_force_ranking(tiny_config):
     trainer, test = _trained(tiny_config, exclude_history_items=True)
     assert history_excluded(trainer, test) is True
@@ -73,6 +74,7 @@ def test_loo_one_checkpoint_both_conventions_against_a_brute_force_ranking(tiny_
         assert plain.evaluate(test_plain, load_best_model=False) == excluded
 
 
+@pytest.mark.e2e
 def test_multi_target_one_checkpoint_both_conventions_against_a_brute_force_ranking(tiny_config):
     from recbole_cmi.data.protocol import evaluate_multi_target
 

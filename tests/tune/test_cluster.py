@@ -28,13 +28,13 @@ from recbole_cmi.distributed import find_free_port
 
 pytest.importorskip("ray")
 
-pytestmark = pytest.mark.cluster
-OUTER = "test_cluster.py::test_ray_cluster_on_loopback"
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+OUTER = "tests/tune/test_cluster.py::test_ray_cluster_on_loopback"
 EPOCHS = 4
 
 
 def test_ray_cluster_on_loopback(tmp_path):
-    done, seconds = run_inside(["tests/test_cluster.py", "-m", "cluster", "-k", "inside"], tmp_path, timeout=420)
+    done, seconds = run_inside(["tests/tune/test_cluster.py", "-m", "cluster", "-k", "inside"], tmp_path, timeout=420)
     summary = report_measured(done, seconds, "Ray cluster tests")
     assert done.returncode == 0 and "3 passed" in summary, done.stdout[-8000:] + done.stderr[-4000:]
 

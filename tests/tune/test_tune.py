@@ -25,6 +25,7 @@ ray = pytest.importorskip("ray")
 HEADS_ERROR = re.compile("attention heads", re.IGNORECASE)  # RecBole's or our config check's wording
 
 
+@pytest.mark.e2e
 def test_importing_the_search_code_does_not_import_ray():
     code = "import sys, recbole_cmi, recbole_cmi.tune; print('ray' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -227,6 +228,7 @@ def grid_search(local_ray, tiny_data_root, tmp_path_factory):
     return run_search(_settings(tiny_data_root, root / "out", hyper))
 
 
+@pytest.mark.e2e
 def test_search_picks_the_best_validation_trial(grid_search):
     rows = grid_search.rows
     assert len(rows) == 4 and grid_search.metric == "ndcg@20" and grid_search.mode == "max"
@@ -250,6 +252,7 @@ def test_search_picks_the_best_validation_trial(grid_search):
     assert summary["valid_result"]["ndcg@20"] == pytest.approx(grid_search.best.score, abs=1e-4)
 
 
+@pytest.mark.e2e
 def test_failed_trial_is_reported_and_does_not_stop_the_search(grid_search):
     failed = [r for r in grid_search.rows if r.status == "error"]
     assert sorted(r.params["learning_rate"] for r in failed) == [0.001, 0.01]
@@ -259,6 +262,7 @@ def test_failed_trial_is_reported_and_does_not_stop_the_search(grid_search):
     assert len(HEADS_ERROR.findall(markdown)) == 2 and f"Best trial: **{grid_search.best.trial_id}**" in markdown
 
 
+@pytest.mark.e2e
 def test_random_search_over_choices_never_repeats_a_point(local_ray, tiny_data_root, tmp_path):
     hyper = tmp_path / "small.hyper"
     hyper.write_text("learning_rate choice [0.001, 0.01]\nn_heads choice [1, 2]\n")
@@ -270,6 +274,7 @@ def test_random_search_over_choices_never_repeats_a_point(local_ray, tiny_data_r
     assert len(rows) == 3 == len(points)
 
 
+@pytest.mark.e2e
 def test_best_config_reproduces_the_best_trial(grid_search, tmp_path):
     from recbole_cmi.quick_start import run_recbole_cmi
 
@@ -284,6 +289,7 @@ def test_best_config_reproduces_the_best_trial(grid_search, tmp_path):
     assert result["best_valid_score"] == pytest.approx(grid_search.best.score, abs=1e-4)
 
 
+@pytest.mark.e2e
 def test_resume_of_a_finished_search_keeps_its_trials(grid_search, tiny_data_root):
     trial_dirs = sorted(p.name for p in (grid_search.output_dir / "ray").glob("*/run_trial_*"))
     resumed = run_search(SearchSettings(output=str(grid_search.output_dir), resume=True, verbose=0))
@@ -294,6 +300,7 @@ def test_resume_of_a_finished_search_keeps_its_trials(grid_search, tiny_data_roo
     assert sorted(p.name for p in (grid_search.output_dir / "ray").glob("*/run_trial_*")) == trial_dirs
 
 
+@pytest.mark.e2e
 def test_asha_stops_a_bad_trial_and_keeps_its_checkpoint(local_ray, tiny_data_root, tmp_path):
     # One trial at a time, in grid order: the learning trial sets the bar at the first rung,
     # the one that cannot learn (learning_rate 1e-9) falls below it and is stopped after epoch 0.
@@ -346,6 +353,7 @@ def _run_fake_trial(workdir: Path, plan: dict, kill_after=None, restore_from=Non
     return reports
 
 
+@pytest.mark.e2e
 def test_interrupted_trial_continues_exactly_from_its_checkpoint(tmp_path, tiny_data_root):
     plan = {
         "model": "SASRec",

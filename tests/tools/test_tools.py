@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_SETTINGS, call, unpadded, verb
+from conftest import TINY_SETTINGS, call, flags, unpadded, verb
 from recbole.data.interaction import Interaction
 
 from recbole_cmi.errors import ConfigValueError
@@ -56,7 +56,7 @@ def robustness_run(tiny_data_root, workdir, cmi_checkpoint):
     out = workdir / "robustness"
     settings = dict(TINY_SETTINGS, data_path=str(tiny_data_root), checkpoint_dir=str(workdir / "saved"))
     argv = ["--dataset=tiny", "--models=SASRec,NoSuchModel", f"--checkpoints={cmi_checkpoint}", "--p", "0,0.5"]
-    argv += ["--out", str(out)] + [f"--{key}={value}" for key, value in settings.items()]
+    argv += ["--out", str(out)] + flags(settings)
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
@@ -86,6 +86,7 @@ def seeds_run(tiny_data_root, workdir, cmi_checkpoint, robustness_run):
 
 
 # --------------------------------------------------------------------------- checkpoints
+@pytest.mark.e2e
 def test_a_checkpoint_loads_on_cpu(cmi_checkpoint):
     config, model, dataset, *_ = load_data_and_model(cmi_checkpoint)
     assert isinstance(model, CMI) and model.num_interest == 2
@@ -94,6 +95,7 @@ def test_a_checkpoint_loads_on_cpu(cmi_checkpoint):
 
 
 # --------------------------------------------------------------------------- inspect
+@pytest.mark.e2e
 def test_inspect_writes_the_report_and_its_pngs(cmi_checkpoint, tmp_path):
     out = tmp_path / "report"
     status, stdout, stderr = call(verb("inspect"), ["--checkpoint", cmi_checkpoint, "--out", str(out), "--users", "2"])
@@ -114,6 +116,7 @@ def test_inspect_writes_the_report_and_its_pngs(cmi_checkpoint, tmp_path):
     assert "| 0 | v" in report and " (c" in report
 
 
+@pytest.mark.e2e
 def test_inspect_compares_with_a_baseline_and_rejects_non_cmi_models(robustness_run, tmp_path):
     sasrec = _checkpoints(robustness_run)["SASRec"]
     status, _, stderr = call(verb("inspect"), ["--checkpoint", sasrec, "--out", str(tmp_path / "x")])
@@ -123,6 +126,7 @@ def test_inspect_compares_with_a_baseline_and_rejects_non_cmi_models(robustness_
     ]
 
 
+@pytest.mark.e2e
 def test_inspect_reports_the_baseline_kmeans(robustness_run, cmi_checkpoint, tmp_path):
     sasrec = _checkpoints(robustness_run)["SASRec"]
     out = tmp_path / "with_baseline"
@@ -154,6 +158,7 @@ def _user_sequence(data_root, user, item_token2id):
     return [item_token2id[token] for token in rows["item_id:token"]]
 
 
+@pytest.mark.e2e
 def test_recommend_agrees_with_full_sort_predict_and_excludes_the_history(cmi_checkpoint, tiny_data_root):
     config, model, dataset, *_ = load_data_and_model(cmi_checkpoint)
     token2id = dataset.field2token_id[dataset.iid_field]
@@ -186,6 +191,7 @@ def test_recommend_agrees_with_full_sort_predict_and_excludes_the_history(cmi_ch
     assert {int(r[3]) for r in table} <= {0, 1}
 
 
+@pytest.mark.e2e
 def test_recommend_for_a_single_interest_model_has_no_interest_column(robustness_run):
     sasrec = _checkpoints(robustness_run)["SASRec"]
     status, stdout, stderr = call(verb("recommend"), ["--checkpoint", sasrec, "--user", "u1", "--topk", "3"])
@@ -195,6 +201,7 @@ def test_recommend_for_a_single_interest_model_has_no_interest_column(robustness
     assert lines[1] == "rank\titem\tscore" and len(lines) == 5
 
 
+@pytest.mark.e2e
 def test_recommend_unknown_user_is_one_error_line(cmi_checkpoint):
     status, stdout, stderr = call(verb("recommend"), ["--checkpoint", cmi_checkpoint, "--user", "nobody"])
     assert status == 2
@@ -287,6 +294,7 @@ def _checkpoints(robustness_run):
     return {r["model"]: r["checkpoint"] for r in _rows(robustness_run) if not r["error"]}
 
 
+@pytest.mark.e2e
 def test_robustness_writes_the_table_and_plot_and_survives_a_failing_model(robustness_run, cmi_checkpoint):
     status, stdout, stderr, out = robustness_run
     assert status == 1  # one model failed; the others were still evaluated and written
@@ -317,6 +325,7 @@ def test_robustness_usage_errors_are_one_line():
     assert stderr.strip().splitlines() == ["error: --p: fractions must be in [0, 1], got '0,2'"]
 
 
+@pytest.mark.e2e
 def test_robustness_aggregates_the_runs_under_one_label(seeds_run, cmi_checkpoint, robustness_run):
     status, _, stderr, out, second = seeds_run
     assert status == 0, stderr
@@ -372,6 +381,7 @@ def test_robustness_aggregates_the_runs_under_one_label(seeds_run, cmi_checkpoin
 CLEAN_DROP_REPLACE = (("drop", "0.0"), ("drop", "0.5"), ("replace", "0.5"))
 
 
+@pytest.mark.e2e
 def test_robustness_refuses_runs_of_different_models_under_one_label(cmi_checkpoint, robustness_run, tmp_path):
     sasrec = _checkpoints(robustness_run)["SASRec"]
     argv = [f"--checkpoints=CMI={cmi_checkpoint},CMI={sasrec}", "--out", str(tmp_path / "x")]

@@ -9,6 +9,7 @@ from conftest import unpadded
 from recbole_cmi.benchmark import gpu
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the dry run is what a machine without CUDA does")
 def test_without_cuda_the_check_says_so_and_runs_small_on_the_cpu(tmp_path, capsys):
     out = tmp_path / "gpu.md"

@@ -218,6 +218,7 @@ def test_evaluation_averages_over_evaluated_users_across_batches():
     assert result["hit@1"] == pytest.approx(2 / 3, abs=1e-6)
 
 
+@pytest.mark.e2e
 def test_one_target_per_user_gives_recboles_own_loo_numbers(tiny_config):
     """A multi-target split with each user's loo test item as the only target and the items before it as the
     history, scored from the same checkpoint: equal to RecBole's full-sort evaluation under ``eval_protocol: loo``,
@@ -383,6 +384,7 @@ def test_hand_dataset_splits_by_last_n(hand_config):
     assert len(train._dataset) == 3 + 1  # u1: prefixes of i1..i4 -> i2, i3, i4; u2: [i2] -> i7
 
 
+@pytest.mark.e2e
 def test_a_general_model_trains_and_is_evaluated_under_the_protocol(hand_config):
     result = run_recbole_cmi("BPR", "hand", config_dict=hand_config(), saved=False)
     assert list(result["test_result"]) == ["recall@1", "recall@3", "hit@1", "hit@3"]
@@ -401,6 +403,7 @@ def test_protocol_config_errors_are_one_line(hand_config):
 # ---------------------------------------------------------------- end to end
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("model", ["SASRec", "CMI"])
 def test_one_epoch_under_multi_target(tiny_config, model):
     config = tiny_config(eval_protocol="multi_target", metrics=["Recall", "Hit", "NDCG"], valid_metric="Recall@50")

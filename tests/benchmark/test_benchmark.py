@@ -59,6 +59,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # the IHDR chunk
 
 
+@pytest.mark.e2e
 def test_two_models_two_seeds_write_the_csv_and_the_table_from_it(two_by_two):
     outcome, given = two_by_two
     folder = Path(given.out) / "tiny"
@@ -105,6 +106,7 @@ def test_two_models_two_seeds_write_the_csv_and_the_table_from_it(two_by_two):
     assert "logical CPUs usable, torch threads" in text and "- machine: " in text  # recbole_cmi.machine's line
 
 
+@pytest.mark.e2e
 def test_a_failing_model_is_recorded_and_the_others_continue(two_by_two):
     outcome, given = two_by_two
     tmp_path = Path(given.work_dir).parent
@@ -123,6 +125,7 @@ def test_a_failing_model_is_recorded_and_the_others_continue(two_by_two):
     assert not (tmp_path / "work" / "GRU4Rec-seed2022" / "saved").exists()  # checkpoints are not
 
 
+@pytest.mark.e2e
 def test_resume_skips_finished_runs_and_refuses_another_config(two_by_two):
     outcome, given = two_by_two
     finished = [(r["model"], r["seed"]) for r in report_runs.read_runs(outcome.csv_path) if r["status"] == "ok"]
@@ -138,6 +141,7 @@ def test_resume_skips_finished_runs_and_refuses_another_config(two_by_two):
         run_benchmark(other)
 
 
+@pytest.mark.e2e
 def test_the_paired_comparison_of_the_real_runs(two_by_two):
     outcome, _ = two_by_two
     rows = report_runs.read_runs(outcome.csv_path)
@@ -267,6 +271,7 @@ def test_memory_of_this_process():
     assert cuda_peak_mib("cpu") is None  # no CUDA column for CPU runs
 
 
+@pytest.mark.e2e
 def test_a_run_past_its_timeout_is_recorded(tiny_data_root, tmp_path):
     outcome = run_benchmark(settings(tiny_data_root, tmp_path, models=["GRU4Rec"], seeds=1, run_timeout=0.5))
     (row,) = report_runs.read_runs(outcome.csv_path)
@@ -354,6 +359,7 @@ def test_the_seeds_line_names_the_seeds_of_every_run_in_the_table():
     assert report_stats.kept_runs(rows, ["CMI", "SASRec", "GRU4Rec"], [2022, 2023, 2025]) == []
 
 
+@pytest.mark.e2e
 def test_a_refresh_with_fewer_models_and_seeds_keeps_the_other_runs_and_says_so(two_by_two, tmp_path):
     outcome, given = two_by_two
     out = tmp_path / "results"
@@ -368,6 +374,7 @@ def test_a_refresh_with_fewer_models_and_seeds_keeps_the_other_runs_and_says_so(
     assert "outside this command's `--models` × `--seeds`: SASRec seed 2023; GRU4Rec seeds 2022, 2023." in text
 
 
+@pytest.mark.e2e
 def test_every_run_records_its_validation_curve_and_whether_it_hit_the_epoch_cap(two_by_two):
     outcome, given = two_by_two
     rows = [r for r in report_runs.read_runs(outcome.csv_path) if r["status"] == "ok"]
@@ -384,6 +391,7 @@ def test_every_run_records_its_validation_curve_and_whether_it_hit_the_epoch_cap
     assert png_size(outcome.curves_path) == (700, 420)
 
 
+@pytest.mark.e2e
 def test_the_other_convention_is_the_number_of_a_run_configured_so(two_by_two, tiny_data_root, tmp_path):
     outcome, _ = two_by_two  # history ranked (the tiny dataset's default); one epoch, so one checkpoint per run
     ranked = next(r for r in report_runs.read_runs(outcome.csv_path) if (r["model"], r["seed"]) == ("SASRec", "2022"))
@@ -401,6 +409,7 @@ def test_the_other_convention_is_the_number_of_a_run_configured_so(two_by_two, t
     assert "## Both ranking conventions" in unpadded(outcome.md_path.read_text())
 
 
+@pytest.mark.e2e
 def test_an_interrupted_run_continues_from_its_last_checkpoint_with_resume(tiny_data_root, tmp_path, monkeypatch):
     """Two benchmark runs of 4 epochs (the resumed one and a fresh one to compare): ~30 s on the shared cores."""
     from recbole_cmi import trainer as trainer_module
@@ -460,6 +469,7 @@ def test_a_higher_epoch_cap_keeps_the_runs_early_stopping_ended_and_reruns_the_c
         previous_rows(csv_path, other, shared_config(other), {})
 
 
+@pytest.mark.e2e
 def test_a_variant_is_a_row_of_its_own_with_its_settings_and_its_best_checkpoint_kept(tiny_data_root, tmp_path):
     given = settings(
         tiny_data_root,

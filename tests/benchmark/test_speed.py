@@ -1,5 +1,5 @@
 """The speed and scale benchmark (recbole_cmi.benchmark.speed): sizes, memory, report, a tiny run (the fast
-synthetic generator it uses: tests/test_synthetic.py)."""
+synthetic generator it uses: tests/data/test_synthetic.py)."""
 
 from __future__ import annotations
 
@@ -128,6 +128,7 @@ def test_unknown_model_is_a_one_line_error(capsys):
     assert len(err) == 1 and "unknown model 'NoSuchModel'" in err[0]
 
 
+@pytest.mark.e2e
 def test_tiny_benchmark_run(tmp_path, capsys):
     out, raw = tmp_path / "speed.md", tmp_path / "speed.json"
     argv = [
