@@ -147,3 +147,41 @@ def test_model_variants_read_the_old_spellings_with_a_note(capsys):
 def test_bad_model_variants_are_named(text, message):
     with pytest.raises(ConfigValueError, match=message):
         parse_model_variants(text)
+
+
+def _readme_commands() -> list[list[str]]:
+    """The front-door commands in README.md's code blocks (continuation lines joined; ``...`` elisions left out)."""
+    import shlex
+
+    commands, block, pending = [], False, ""
+    for line in (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            block, pending = not block, ""
+            continue
+        if not block:
+            continue
+        text = pending + line.split("  #")[0].strip()
+        if text.endswith("\\"):
+            pending = text[:-1] + " "
+            continue
+        pending = ""
+        if text.startswith("python -m recbole_cmi ") and "..." not in text:
+            commands.append(shlex.split(text)[3:])
+    return commands
+
+
+def test_every_readme_command_names_a_verb_and_options_that_exist():
+    """Each README command's verb (and benchmark or converter) exists, and its own options are ones it declares:
+    ``--help`` of that verb lists every ``--option`` the README passes, except config keys (``--key=value``),
+    which every training verb accepts."""
+    commands = _readme_commands()
+    assert len(commands) >= 15
+    for argv in commands:
+        name, rest = argv[0], argv[1:]
+        assert name in front.VERBS, argv
+        prefix = rest[:1] if name in ("benchmark", "convert") else []
+        status, out, err = call(verb(name), prefix + ["--help"])
+        assert status == 0, (argv, err)
+        for option in (a.split("=")[0] for a in rest if a.startswith("--")):
+            keyed = any(a.startswith(option + "=") for a in rest)
+            assert option in out or (keyed and name in ("run", "tune", "robustness", "benchmark")), (argv, option)
