@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from recbole_cmi import options
-from recbole_cmi.model.comirec_sa import ComiRecBase
+from recbole_cmi.model.comirec_base import ComiRecBase
 
 
 def squash(capsules):
