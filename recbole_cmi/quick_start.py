@@ -308,12 +308,14 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     return result
 
 
-def restore_pipeline(model_file, trust=False) -> Pipeline:
+def restore_pipeline(model_file, trust=False, data_path=None) -> Pipeline:
     """The :class:`Pipeline` of a checkpoint's run, up to its trained model (``build_trainer`` adds the trainer).
 
     Loads on the CPU whatever device trained the model. The file is read without running code in it; a pickled
     (old or foreign) checkpoint needs ``trust=True`` (:mod:`recbole_cmi.checkpoint`). Data whose user/item id
-    mapping differs from the training data's is refused.
+    mapping differs from the training data's is refused. ``data_path``: where the data lives now, as the run's
+    ``--data_path`` (the folder holding ``<dataset>/``), when it moved since training; None: the checkpoint's own
+    (an absolute path, written at training time).
     """
     import torch
     from recbole.utils import init_seed
@@ -327,6 +329,8 @@ def restore_pipeline(model_file, trust=False) -> Pipeline:
     # A checkpoint of a distributed run is used in this one process (RecBole #2063: its loaders and
     # trainer would wait for a process group; recbole_cmi.distributed).
     config["single_spec"], config["local_rank"] = True, 0
+    if data_path is not None:  # RecBole's final data_path is <data_path>/<dataset>
+        config["data_path"] = os.path.join(os.path.abspath(str(data_path)), config["dataset"])
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     check_id_mapping(checkpoint, dataset, model_file)
@@ -336,15 +340,15 @@ def restore_pipeline(model_file, trust=False) -> Pipeline:
     return pipeline
 
 
-def load_data_and_model(model_file, trust=False):
+def load_data_and_model(model_file, trust=False, data_path=None):
     """``(config, model, dataset, train, valid, test)`` of a checkpoint: :func:`restore_pipeline`."""
-    pipeline = restore_pipeline(model_file, trust=trust)
+    pipeline = restore_pipeline(model_file, trust=trust, data_path=data_path)
     return pipeline.config, pipeline.model, pipeline.dataset, *pipeline.loaders
 
 
-def evaluate_checkpoint(model_file, splits="test", trust=False):
+def evaluate_checkpoint(model_file, splits="test", trust=False, data_path=None):
     """A saved checkpoint's results on its dataset's splits (:data:`EVAL_SPLITS`), loaded as by
-    :func:`restore_pipeline` (``trust`` likewise).
+    :func:`restore_pipeline` (``trust`` and ``data_path`` likewise).
 
     ``splits``: one split name (its result comes back) or several (a tuple of their results, in that order).
     """
@@ -352,7 +356,7 @@ def evaluate_checkpoint(model_file, splits="test", trust=False):
     unknown = [name for name in names if name not in EVAL_SPLITS]
     if unknown or not names:
         raise ConfigValueError(f"splits={splits!r}: expected names among {', '.join(EVAL_SPLITS)}")
-    pipeline = restore_pipeline(model_file, trust=trust)
+    pipeline = restore_pipeline(model_file, trust=trust, data_path=data_path)
     trainer = pipeline.build_trainer()
     results = tuple(trainer.evaluate(pipeline.split(name), load_best_model=False) for name in names)
     return results[0] if isinstance(splits, str) else results
