@@ -7,7 +7,8 @@ then ours: ``properties/overall.yaml``, ``properties/model/<Model>.yaml``,
 better values than the model's published defaults, ``properties/tuned/<dataset>/<Model>.yaml``
 (each file says which search; ``use_tuned_values: False``, given as a config file, dict or command line value,
 leaves that last layer out: the benchmark's equal-budget search starts every model from its published defaults).
-External sources (config files < config dict < command line) override all of them, as in RecBole.
+External sources (config files < config dict < command line) override all of them, as in RecBole. The files and
+their safe yaml loader are in :mod:`recbole_cmi.config_yaml`.
 
 Two conveniences on top of RecBole:
 
@@ -28,32 +29,25 @@ And two checks (``_validate_values``, ``_unknown_key_warnings``):
   cut-off in ``topk``), ``train_neg_sample_args`` (None for loss_type CE, a sampling dict for BPR) and the
   retrieval keys (``retrieval``, ``faiss_*``; :mod:`recbole_cmi.retrieval`);
 * a key given by the user (file, dict or command line) that no RecBole or recbole_cmi yaml file
-  or code reads gets a one-line warning on stderr with the closest known key (RecBole accepts
-  arbitrary keys, so this never fails); ``quick_start.prepare`` also writes it to the log file.
+  or code reads (:mod:`recbole_cmi.config_keys`) gets a one-line warning on stderr with the closest known key
+  (RecBole accepts arbitrary keys, so this never fails); ``pipeline.build_pipeline`` also writes it to the log file.
 """
 
 from __future__ import annotations
 
 import difflib
-import functools
 import os
-import re
 import sys
-from pathlib import Path
 
 import recbole.config
-import yaml
 from recbole.utils import ModelType
 
+from recbole_cmi.config_keys import known_config_keys
+from recbole_cmi.config_yaml import SafeConfigLoader, load_yaml_mapping, property_layers, uses_tuned_values
 from recbole_cmi.errors import ConfigValueError, DatasetError
 from recbole_cmi.options import GENERAL_OPTIONS, documented_options, gpu_id_problem, is_int, literal_value
-from recbole_cmi.paths import (
-    bundled_dataset_dir,
-    bundled_datasets,
-    describe_unreadable,
-    plain_name_problem,
-    properties_dir,
-)
+from recbole_cmi.paths import bundled_dataset_dir, bundled_datasets, plain_name_problem
+from recbole_cmi.progress import on_terminal
 from recbole_cmi.utils import get_model
 
 BPR_DEFAULT_NEG_SAMPLING = {
@@ -63,114 +57,6 @@ BPR_DEFAULT_NEG_SAMPLING = {
     "dynamic": False,
     "candidate_num": 0,
 }
-
-
-# Keys RecBole sets or reads in code without a yaml default (distributed runs, derived values).
-_CODE_ONLY_KEYS = {
-    "model", "dataset", "config_files", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device",
-    "single_spec", "local_rank", "nproc", "world_size", "offset", "ip", "port", "valid_metric_bigger",
-}  # fmt: skip
-_CONFIG_KEY_IN_CODE = re.compile(r"""config(?:\[|\.get\(|,)\s*["']([A-Za-z_]\w*)["']""")
-
-
-def _yaml_keys(paths) -> set[str]:
-    keys = set()
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError):
-            continue
-        if isinstance(loaded, dict):
-            keys.update(str(k) for k in loaded)
-    return keys
-
-
-def _code_keys(root: Path) -> set[str]:
-    keys = set()
-    for path in root.rglob("*.py"):
-        try:
-            keys.update(_CONFIG_KEY_IN_CODE.findall(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError):
-            continue
-    return keys
-
-
-@functools.cache
-def _recbole_config_keys() -> frozenset[str]:
-    from recbole.utils import argument_list
-
-    root = Path(recbole.__file__).resolve().parent
-    keys = set(_CODE_ONLY_KEYS)
-    for name in ("general_arguments", "training_arguments", "evaluation_arguments", "dataset_arguments"):
-        keys.update(getattr(argument_list, name, []))
-    yaml_files = [p for p in (root / "properties").rglob("*.yaml") if p.name not in ("url.yaml", "kg_url.yaml")]
-    keys |= _yaml_keys(yaml_files)
-    keys |= _code_keys(root)
-    return frozenset(keys)
-
-
-@functools.lru_cache(maxsize=8)
-def _plugin_config_keys(properties: str) -> frozenset[str]:
-    keys = _yaml_keys(Path(properties).rglob("*.yaml"))
-    keys |= _code_keys(Path(__file__).resolve().parent)
-    return frozenset(keys)
-
-
-def known_config_keys() -> frozenset[str]:
-    """Every config key that RecBole 1.2.1 or recbole_cmi defines in a yaml file or reads in code."""
-    try:
-        plugin = _plugin_config_keys(str(properties_dir()))
-    except FileNotFoundError:
-        plugin = frozenset()
-    return _recbole_config_keys() | plugin
-
-
-def tuned_layer_path(model: str, dataset: str) -> Path:
-    """``properties/tuned/<dataset>/<Model>.yaml``: the values a search on that dataset's validation split found."""
-    return properties_dir() / "tuned" / str(dataset) / f"{model}.yaml"
-
-
-def property_layers(model: str, dataset: str, tuned: bool = True) -> list[Path]:
-    """recbole_cmi's yaml files for a run, lowest priority first (those that exist); ``tuned=False`` drops
-    the tuned layer."""
-    root = properties_dir()
-    layers = (
-        root / "overall.yaml",
-        root / "model" / f"{model}.yaml",
-        root / "dataset" / f"{dataset}.yaml",
-        *((tuned_layer_path(model, dataset),) if tuned else ()),
-    )
-    return [path for path in layers if path.is_file()]
-
-
-def uses_tuned_values(external: dict) -> bool:
-    """``use_tuned_values`` as the user gave it (default True); anything but a boolean is a ConfigValueError."""
-    value = external.get("use_tuned_values", True)
-    if not isinstance(value, bool):
-        raise ConfigValueError(f"invalid config value use_tuned_values={value!r} (True or False)")
-    return value
-
-
-# RecBole's float resolver (``Config._build_yaml_loader``: "1e-3" is a float, not a string), on a
-# SafeLoader subclass: python tags (``!!python/name:``, ``!!python/object``) are refused, and the
-# process-wide yaml.FullLoader that RecBole edits in place is left alone.
-_YAML_FLOAT = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""",
-    re.X,
-)
-
-
-class SafeConfigLoader(yaml.SafeLoader):
-    """yaml's SafeLoader with RecBole's float spelling."""
-
-
-SafeConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _YAML_FLOAT, list("-+0123456789."))
 
 
 class Config(recbole.config.Config):
@@ -258,7 +144,7 @@ class Config(recbole.config.Config):
         self.final_config_dict["data_path"] = self._resolve_data_root()
         if "show_progress" not in self.external_config_dict:
             # RecBole's default (bars on) where a person watches, off in logs, CI and Ray trials.
-            self.final_config_dict["show_progress"] = sys.stderr.isatty()
+            self.final_config_dict["show_progress"] = on_terminal()
         self._default_negative_sampling()
         self._validate_values()
         super()._set_default_parameters()
@@ -414,30 +300,3 @@ class Config(recbole.config.Config):
             f"for your own data put atomic files in <data_path>/{name}/{name}.inter and pass "
             f"--data_path=<data_path>; nothing is downloaded)"
         )
-
-
-def load_yaml_mapping(path, what: str = "yaml file") -> dict:
-    """A yaml file holding a mapping, read safely; every problem is one line naming the file (and line)."""
-    path = str(path)
-    problem = describe_unreadable(path, what)
-    if problem:
-        raise ConfigValueError(problem)
-    try:
-        with open(path, encoding="utf-8") as f:
-            loaded = yaml.load(f, Loader=SafeConfigLoader)
-    except UnicodeDecodeError as err:
-        raise ConfigValueError(f"{what} {path} is not UTF-8 text (byte {err.start})") from err
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or (str(err).strip().splitlines() or [""])[0]
-        if "python/" in str(err):
-            problem = f"{problem} (python tags are refused: config files hold data, not code)"
-        raise ConfigValueError(f"{what} {path}{where}: not valid yaml: {problem}") from err
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigValueError(
-            f"{what} {path} must hold 'key: value' lines (a yaml mapping), not a {type(loaded).__name__}"
-        )
-    return loaded

@@ -19,7 +19,7 @@ from conftest import call, one_line_error, verb
 from recbole_cmi.checkpoint import FORMAT, load_checkpoint
 from recbole_cmi.config import Config
 from recbole_cmi.errors import CheckpointError, DatasetError
-from recbole_cmi.quick_start import evaluate_checkpoint, restore_pipeline
+from recbole_cmi.pipeline import evaluate_checkpoint, restore_pipeline
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoints"
 

@@ -10,9 +10,10 @@ import yaml
 from recbole.model.sequential_recommender.gru4rec import GRU4Rec
 from recbole.model.sequential_recommender.sasrec import SASRec
 
-import recbole_cmi.config as config_module
+import recbole_cmi.config_yaml as config_yaml
 from recbole_cmi import utils
-from recbole_cmi.config import Config, known_config_keys
+from recbole_cmi.config import Config
+from recbole_cmi.config_keys import known_config_keys
 from recbole_cmi.errors import ConfigValueError, DatasetError, UnknownModelError
 from recbole_cmi.paths import bundled_dataset_dir, properties_dir
 from recbole_cmi.utils import get_model
@@ -55,7 +56,7 @@ def test_layering_overall_model_dataset_file_dict_argv(make_config, tmp_path, mo
     write_yaml(props / "tuned" / "tiny" / "GRU4Rec.yaml", {"eval_step": 999})  # another model's: ignored
     write_yaml(props / "tuned" / "other" / "SASRec.yaml", {"eval_step": 999})  # another dataset's: ignored
     config_file = write_yaml(tmp_path / "run.yaml", dict.fromkeys(LAYER_KEYS[4:], 105))
-    monkeypatch.setattr(config_module, "properties_dir", lambda: props)
+    monkeypatch.setattr(config_yaml, "properties_dir", lambda: props)
     monkeypatch.setattr(sys, "argv", ["prog", "--seed=107"])
     layered = dict.fromkeys(LAYER_KEYS[5:], 106)
 
@@ -213,7 +214,7 @@ def test_unknown_dataset_names_the_places_searched(tmp_path, monkeypatch):
 def test_dataset_folder_without_atomic_files_fails_before_recbole_would_download(tmp_path, monkeypatch):
     import recbole.data.dataset.dataset as recbole_dataset
 
-    from recbole_cmi.quick_start import create_dataset
+    from recbole_cmi.pipeline import create_dataset
 
     monkeypatch.setattr(recbole_dataset.Dataset, "_download", lambda *a, **k: pytest.fail("download attempted"))
     (tmp_path / "dataset" / "empty_data").mkdir(parents=True)

@@ -13,7 +13,8 @@ from recbole_cmi.data.augmentation import view_fields
 from recbole_cmi.data.sampler import SHARED_NEG_FIELD
 from recbole_cmi.distributed import find_free_port, uses_cpu_distributed
 from recbole_cmi.errors import ConfigValueError, DatasetError
-from recbole_cmi.quick_start import evaluate_checkpoint, run_distributed
+from recbole_cmi.pipeline import evaluate_checkpoint
+from recbole_cmi.quick_start import run_distributed
 
 METRICS = ("recall@10", "ndcg@10", "hit@10", "mrr@10")
 
@@ -132,7 +133,7 @@ def test_ddp_gradients_are_those_of_the_mean_of_per_process_losses(tiny_config, 
     local rows only, and the gradient is the average of the per-process gradients, which differs from the
     gradient of the loss over the global batch.
     """
-    from recbole_cmi.quick_start import prepare
+    from recbole_cmi.pipeline import prepare
 
     settings = tiny_config(train_batch_size=32)
     config, _, (train_data, _, _), model = prepare("CMI", "tiny", config_dict=settings)

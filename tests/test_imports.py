@@ -18,8 +18,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "recbole_cmi"
 # Bottom-up. A module may import from its own layer or a lower one, never from a higher one. The longest
 # matching name wins (recbole_cmi.data.synthetic -> recbole_cmi.data).
 LAYERS = {
-    # 0 helpers: errors, files, compatibility patches, option vocabulary, the command-line vocabulary, and what
-    # every report uses: the machine description, the memory meter, markdown tables
+    # 0 helpers: errors, files, compatibility patches, option vocabulary, the command-line vocabulary, progress
+    # output, and what every report uses: the machine description, the memory meter, markdown tables
     "recbole_cmi": 0,  # the package itself: applies compat on import
     "recbole_cmi.errors": 0,
     "recbole_cmi.paths": 0,
@@ -30,11 +30,14 @@ LAYERS = {
     "recbole_cmi.compat": 0,
     "recbole_cmi.options": 0,
     "recbole_cmi.cli": 0,
+    "recbole_cmi.progress": 0,
     "recbole_cmi.optim": 0,
     # 1 model lookup
     "recbole_cmi.utils": 1,
     # 2 config, data, models, and what they use: retrieval settings, the checkpoint format, process groups
     "recbole_cmi.config": 2,
+    "recbole_cmi.config_yaml": 2,
+    "recbole_cmi.config_keys": 2,
     "recbole_cmi.data": 2,
     "recbole_cmi.model": 2,
     "recbole_cmi.retrieval": 2,
@@ -43,7 +46,8 @@ LAYERS = {
     # 3 the trainer and its checkpoints
     "recbole_cmi.trainer": 3,
     "recbole_cmi.trainer_checkpoint": 3,
-    # 4 the pipeline and its multi-process launcher
+    # 4 the pipeline builder, and the runner with its multi-process launcher
+    "recbole_cmi.pipeline": 4,
     "recbole_cmi.quick_start": 4,
     # 5 applications
     "recbole_cmi.tune": 5,
@@ -168,7 +172,14 @@ def test_the_graph_reader_sees_function_level_imports_and_names_cycles(tmp_path)
 
 
 @pytest.mark.parametrize(
-    "module", ["recbole_cmi.config", "recbole_cmi.quick_start", "recbole_cmi.trainer", "recbole_cmi.trainer_checkpoint"]
+    "module",
+    [
+        "recbole_cmi.config",
+        "recbole_cmi.pipeline",
+        "recbole_cmi.quick_start",
+        "recbole_cmi.trainer",
+        "recbole_cmi.trainer_checkpoint",
+    ],
 )
 def test_config_keeps_its_import_path_and_the_core_stays_below_the_applications(module):
     # recbole_cmi.config.Config is pickled into old checkpoints: it must stay where it is.

@@ -8,11 +8,12 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
-from recbole_cmi.config import SafeConfigLoader
+from recbole_cmi.config_yaml import SafeConfigLoader
 from recbole_cmi.data.augmentation import AUGMENTATIONS, SHORT_VIEWS
 from recbole_cmi.data.dataloader import TRAIN_SAMPLINGS
-from recbole_cmi.data.protocol import PROTOCOLS, SPLITS
+from recbole_cmi.data.protocol import PROTOCOLS
 from recbole_cmi.data.sampler import NEG_SAMPLERS
+from recbole_cmi.data.target_split import SPLITS
 from recbole_cmi.model.cl4srec import HIDDEN_ACTS, CL4SRec
 from recbole_cmi.model.cmi import CATEGORY_INITS, LOSS_TYPES, REC_LOSS_INPUTS
 from recbole_cmi.options import Option, documented_options, parse_documentation

@@ -1,4 +1,4 @@
-"""recbole_cmi.quick_start's one pipeline builder and checkpoint evaluator, and the trainer's epoch observer."""
+"""recbole_cmi.pipeline's one pipeline builder and checkpoint evaluator, and the trainer's epoch observer."""
 
 from __future__ import annotations
 
@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from recbole_cmi.errors import ConfigValueError
-from recbole_cmi.quick_start import (
-    build_pipeline,
-    create_dataset,
-    evaluate_checkpoint,
-    prepare,
-    restore_pipeline,
-    run_recbole_cmi,
-)
+from recbole_cmi.pipeline import build_pipeline, create_dataset, evaluate_checkpoint, prepare, restore_pipeline
+from recbole_cmi.quick_start import run_recbole_cmi
 from recbole_cmi.trainer import EpochObserver, EpochObserverMixin, Trainer, get_trainer
 
 # Every model the benchmarks and the paper's comparison train (docs/baselines.md).

@@ -19,7 +19,8 @@ from recbole_cmi.checkpoint import load_checkpoint
 from recbole_cmi.config import Config
 from recbole_cmi.data.dataloader import data_preparation
 from recbole_cmi.errors import CheckpointError, DatasetError
-from recbole_cmi.quick_start import create_dataset, run_recbole_cmi
+from recbole_cmi.pipeline import create_dataset
+from recbole_cmi.quick_start import run_recbole_cmi
 from recbole_cmi.trainer import NonFiniteLossError
 from recbole_cmi.trainer_checkpoint import last_checkpoint_path
 from recbole_cmi.utils import train_batch_hooks

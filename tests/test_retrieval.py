@@ -17,7 +17,8 @@ from conftest import REPO_ROOT, TINY_SETTINGS, call, verb
 from recbole_cmi.config import Config
 from recbole_cmi.data.dataloader import data_preparation
 from recbole_cmi.errors import ConfigValueError
-from recbole_cmi.quick_start import create_dataset, load_data_and_model, run_recbole_cmi
+from recbole_cmi.pipeline import create_dataset
+from recbole_cmi.quick_start import load_data_and_model, run_recbole_cmi
 from recbole_cmi.retrieval import (
     MISSING_FAISS,
     SUPPORTED_MODELS,

@@ -15,7 +15,7 @@ from conftest import TINY_SETTINGS
 from recbole_cmi.checkpoint import atomic_torch_save, load_checkpoint
 from recbole_cmi.data.dataloader import HookedTrainDataLoader
 from recbole_cmi.errors import CheckpointError, NonFiniteLossError
-from recbole_cmi.quick_start import prepare
+from recbole_cmi.pipeline import prepare
 from recbole_cmi.trainer import Trainer
 from recbole_cmi.trainer_checkpoint import capture_rng_state, last_checkpoint_path, restore_rng_state
 

@@ -323,7 +323,7 @@ def _dataset_stats(rows: list[dict]) -> dict | None:
 def report_meta(settings: BenchmarkSettings, models: list[str], seeds: list[int], shared: dict, csv_path) -> dict:
     protocol_text = PROTOCOLS[settings.protocol]["text"]
     if settings.protocol == "multi_target":
-        from recbole_cmi.data.protocol import describe_split
+        from recbole_cmi.data.target_split import describe_split
 
         protocol_text = protocol_text.format(split=describe_split(shared))
     return {

@@ -167,7 +167,7 @@ def tuned_source(
     if settings.tuned:
         path = tuned_dir(settings.tuned) / settings.dataset / f"{label}.yaml"
     else:
-        from recbole_cmi.config import tuned_layer_path
+        from recbole_cmi.config_yaml import tuned_layer_path
 
         if shared.get("use_tuned_values", True) is False:
             return None

@@ -98,7 +98,7 @@ class RunRecorder:
 
 def train_and_test(spec: dict) -> dict:
     """``run_recbole_cmi``'s steps, with the epochs timed; returns the run's csv fields."""
-    from recbole_cmi.quick_start import build_pipeline
+    from recbole_cmi.pipeline import build_pipeline
 
     start = time.perf_counter()
     pipeline = build_pipeline(spec["model"], spec["dataset"], spec["config_files"] or None, spec["config_dict"])

@@ -53,7 +53,7 @@ def measure(args) -> int:
     """Time the epochs (see the module docstring) and print the medians."""
     import torch
 
-    from recbole_cmi.quick_start import build_pipeline
+    from recbole_cmi.pipeline import build_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         data_root = subset(args.users, Path(tmp) / "data")

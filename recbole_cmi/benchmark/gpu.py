@@ -98,7 +98,7 @@ def generate_data(args, folder: Path) -> dict:
 
 def train_and_evaluate(name: str, dataset, args, data_path: str, gpu_id: str, amp: bool) -> dict:
     """One epoch and one full-sort test evaluation; the trained trainer comes back for the agreement checks."""
-    from recbole_cmi.quick_start import build_pipeline
+    from recbole_cmi.pipeline import build_pipeline
 
     config_dict = settings(args, data_path, gpu_id, amp)
     pipeline = build_pipeline(name, DATASET, config_dict=config_dict, data=dataset, log=False)
@@ -185,7 +185,7 @@ def run_check(args) -> dict:
     import torch
 
     from recbole_cmi.config import Config
-    from recbole_cmi.quick_start import create_dataset
+    from recbole_cmi.pipeline import create_dataset
 
     cuda = torch.cuda.is_available()
     gpu_id = "0" if cuda else ""

@@ -160,7 +160,7 @@ def _overlap(found, exact) -> float:
 def bench_model(model_name: str, dataset, args, folder: Path, label: str) -> list[RetrievalResult]:
     """Train ``model_name`` briefly on the synthetic catalogue, then :func:`measure` it."""
     from recbole_cmi.benchmark.measure import _train_step, common_config
-    from recbole_cmi.quick_start import build_pipeline
+    from recbole_cmi.pipeline import build_pipeline
 
     overrides = {"sparse_item_updates": True} if model_name == "CMI" else {"loss_type": "BPR"}
     settings = {
@@ -188,7 +188,7 @@ def bench_model(model_name: str, dataset, args, folder: Path, label: str) -> lis
 
 def run_checkpoint(path: str, args) -> list[RetrievalResult]:
     """Exact against faiss on a trained checkpoint's own test split (all its items; ``--retrieval-users`` users)."""
-    from recbole_cmi.quick_start import restore_pipeline
+    from recbole_cmi.pipeline import restore_pipeline
 
     pipeline = restore_pipeline(path)
     pipeline.config["metrics"], pipeline.config["topk"] = ["Recall", "NDCG"], [20, 50]  # ACCURACY_METRICS
@@ -253,7 +253,7 @@ def run_catalogue(label: str, n_items: int, args, workdir: Path) -> list[Retriev
     from recbole_cmi.config import Config
     from recbole_cmi.data.synthetic import SyntheticConfig, generate, write_atomic
     from recbole_cmi.memory import release_memory
-    from recbole_cmi.quick_start import create_dataset
+    from recbole_cmi.pipeline import create_dataset
 
     folder = workdir / f"catalogue_{label}"
     start = time.perf_counter()

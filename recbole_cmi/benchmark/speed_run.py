@@ -97,7 +97,7 @@ def run_size(size: Size, args, workdir: Path) -> SizeResult:
     from recbole.utils import init_seed
 
     from recbole_cmi.config import Config
-    from recbole_cmi.quick_start import create_dataset
+    from recbole_cmi.pipeline import create_dataset
 
     out = SizeResult(size=size)
     folder = workdir / size.label.replace(":", "_")
@@ -156,7 +156,7 @@ def bench_model(name: str, dataset, args, data_path: str, label: str) -> ModelRe
     """Time ``--steps`` training steps and one full-sort evaluation pass of the entry ``name`` on ``dataset``."""
     import torch
 
-    from recbole_cmi.quick_start import build_pipeline
+    from recbole_cmi.pipeline import build_pipeline
 
     result = ModelResult(model=name, size=label)
     model_name, overrides = model_of(args, name)

@@ -21,7 +21,7 @@ What is only reported (``logging`` warning, RecBole's behaviour is kept):
 * users with a single interaction: RecBole's sequential augmentation builds no training or
   evaluation sample from them (there is no history to predict from); ``user_inter_num_interval``
   (e.g. ``"[5,inf)"`` in ``micro_video.yaml``) drops them. If filtering leaves nothing,
-  ``quick_start.create_dataset`` raises a :class:`DatasetError` that names the filter settings.
+  ``pipeline.create_dataset`` raises a :class:`DatasetError` that names the filter settings.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the items already in the user's history. ``multi_target`` is the protocol of Li 
 docs/cmi.md §4.3):
 
 * **Periods.** Each user's interactions, in time order, fall into training, validation and test
-  periods (``multi_target_split``):
+  periods (``multi_target_split``; the periods and target sets are computed in :mod:`recbole_cmi.data.target_split`):
 
   - ``day`` (default; the paper's): day = floor(timestamp / 86400); the dataset's last day with data
     is the test period and the day with data before it the validation period (WeChat: days 1-12 /
@@ -57,25 +57,28 @@ from recbole.data.interaction import Interaction
 from recbole.evaluator import Collector, Evaluator
 from recbole.utils import ModelType
 
+from recbole_cmi.data.target_split import (
+    TEST,
+    TRAIN,
+    VALID,
+    TargetSplit,
+    build_split,
+    describe_split,
+    history_lists,
+    period_labels,
+    setting,
+    split_settings,
+    user_groups,
+)
 from recbole_cmi.errors import ConfigValueError, DatasetError
 
 PROTOCOLS = ("loo", "multi_target")
-SPLITS = ("day", "user_day", "last_n", "last_fraction")
 METRICS = ("recall", "hit", "ndcg", "mrr", "precision")
-SPLIT_DEFAULTS = {"multi_target_split": "day", "multi_target_n": 5, "multi_target_fraction": 0.2}
-SECONDS_PER_DAY = 86_400
-TRAIN, VALID, TEST = 0, 1, 2
-
-
-def _setting(config, key, default=None):
-    """``config[key]`` for a RecBole Config (None when missing) or a plain dict."""
-    value = config.get(key) if isinstance(config, dict) else config[key]
-    return default if value is None else value
 
 
 def protocol_name(config) -> str:
     """``loo`` or ``multi_target``; anything else is a :class:`ConfigValueError`."""
-    name = _setting(config, "eval_protocol", "loo")
+    name = setting(config, "eval_protocol", "loo")
     if name not in PROTOCOLS:
         raise ConfigValueError(
             f"eval_protocol={name!r} (one of {', '.join(PROTOCOLS)}: 'loo' is RecBole's leave-one-out full sort, "
@@ -84,41 +87,8 @@ def protocol_name(config) -> str:
     return name
 
 
-def split_settings(config) -> dict:
-    """The validated ``multi_target_*`` settings, defaults filled in."""
-    settings = {key: _setting(config, key, default) for key, default in SPLIT_DEFAULTS.items()}
-    split, n, fraction = settings["multi_target_split"], settings["multi_target_n"], settings["multi_target_fraction"]
-    problems = []
-    if split not in SPLITS:
-        problems.append(f"multi_target_split={split!r} (one of {', '.join(SPLITS)})")
-    if split == "last_n" and not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
-        problems.append(f"multi_target_n={n!r} (an integer >= 1: items per period)")
-    if split == "last_fraction" and not (
-        isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < 1
-    ):
-        problems.append(f"multi_target_fraction={fraction!r} (a number in (0, 1): the share of items per period)")
-    if problems:
-        raise ConfigValueError("invalid config value " + "; ".join(problems))
-    return settings
-
-
-def describe_split(config) -> str:
-    """One phrase for reports, e.g. ``the dataset's last day (multi_target_split: day)``."""
-    settings = split_settings(config)
-    split = settings["multi_target_split"]
-    text = {
-        "day": "the dataset's last day with data; validation: the day with data before it",
-        "user_day": "each user's last active day; validation: the user's active day before it",
-        "last_n": f"the user's last {settings['multi_target_n']} items; validation: the {settings['multi_target_n']} "
-        "before them",
-        "last_fraction": f"the user's last {settings['multi_target_fraction']:g} of items; validation: the same "
-        "share of what remains",
-    }[split]
-    return f"{text}; multi_target_split: {split}"
-
-
 def _metric_names(config) -> list[str]:
-    metrics = _setting(config, "metrics", ["Recall", "Hit"])
+    metrics = setting(config, "metrics", ["Recall", "Hit"])
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     names = [m.lower() for m in metrics]
     unknown = [m for m, name in zip(metrics, names) if name not in METRICS]
@@ -131,123 +101,8 @@ def _metric_names(config) -> list[str]:
 
 
 def _topk(config) -> list[int]:
-    topk = _setting(config, "topk", [10])
+    topk = setting(config, "topk", [10])
     return [topk] if isinstance(topk, int) else list(topk)
-
-
-# ---------------------------------------------------------------- periods and splits
-
-
-def _user_groups(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start index and length of each user's run of rows (rows grouped by user)."""
-    if len(users) == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    counts = np.diff(np.r_[starts, len(users)])
-    return starts, counts
-
-
-def period_labels(users, times, split="day", n=5, fraction=0.2) -> np.ndarray:
-    """TRAIN (0), VALID (1) or TEST (2) per row; rows sorted by user, then time.
-
-    Labels never decrease along a user's rows, so each period's history is a prefix.
-    """
-    users = np.asarray(users)
-    times = np.asarray(times, dtype=np.float64)
-    starts, counts = _user_groups(users)
-    if split in ("day", "user_day"):
-        days = np.floor(times / SECONDS_PER_DAY).astype(np.int64)
-        if split == "day":
-            distinct = np.unique(days)
-            if len(distinct) < 3:
-                raise DatasetError(
-                    f"multi_target_split=day needs timestamps in seconds spanning at least 3 days with data "
-                    f"(train, validation, test); these span {len(distinct)} (order-only timestamps, such as "
-                    "MicroLens' positions, have none): use multi_target_split=last_n or last_fraction"
-                )
-            test_day, valid_day = distinct[-1], distinct[-2]
-            return np.where(days == test_day, TEST, np.where(days == valid_day, VALID, TRAIN)).astype(np.int8)
-        last_day = np.repeat(days[starts + counts - 1], counts)
-        before_last = np.where(days == last_day, np.iinfo(np.int64).min, days)
-        previous_day = np.repeat(np.maximum.reduceat(before_last, starts), counts) if len(users) else before_last
-        return np.where(days == last_day, TEST, np.where(days == previous_day, VALID, TRAIN)).astype(np.int8)
-    position = np.arange(len(users)) - np.repeat(starts, counts)
-    length = np.repeat(counts, counts)
-    if split == "last_n":
-        test_cut = np.maximum(length - n, 0)
-        valid_cut = np.maximum(length - 2 * n, 0)
-    elif split == "last_fraction":
-        test_cut = np.floor(length * (1 - fraction) + 1e-9).astype(np.int64)
-        valid_cut = np.floor(test_cut * (1 - fraction) + 1e-9).astype(np.int64)
-    else:
-        raise ConfigValueError(f"multi_target_split={split!r} (one of {', '.join(SPLITS)})")
-    return np.where(position >= test_cut, TEST, np.where(position >= valid_cut, VALID, TRAIN)).astype(np.int8)
-
-
-@dataclass
-class TargetSplit:
-    """One evaluation split: per evaluated user its history (row indices into the sorted frame, in
-    time order) and its deduplicated target items, both as CSR arrays (``ptr`` of length users + 1)."""
-
-    users: np.ndarray  # [U] user ids
-    history_ptr: np.ndarray  # [U + 1]
-    history_rows: np.ndarray  # [H] indices into the sorted interaction arrays
-    history_items: np.ndarray  # [H]
-    target_ptr: np.ndarray  # [U + 1]
-    target_items: np.ndarray  # [T]
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    def history_of(self, index: int) -> list[int]:
-        return self.history_items[self.history_ptr[index] : self.history_ptr[index + 1]].tolist()
-
-    def targets_of(self, index: int) -> list[int]:
-        return self.target_items[self.target_ptr[index] : self.target_ptr[index + 1]].tolist()
-
-
-def build_split(users, items, labels, target_label: int) -> TargetSplit:
-    """History (rows labelled before ``target_label``) and targets (rows labelled ``target_label``) per user;
-    users without a target (after dropping targets already in the history) or without history are left out."""
-    users, items, labels = np.asarray(users), np.asarray(items, dtype=np.int64), np.asarray(labels)
-    starts, counts = _user_groups(users)
-    user_index = np.repeat(np.arange(len(starts)), counts)
-    n_key = int(items.max()) + 1 if len(items) else 1
-    history_mask = labels < target_label
-    target_mask = labels == target_label
-    history_keys = user_index[history_mask] * n_key + items[history_mask]
-    target_keys = np.unique(user_index[target_mask] * n_key + items[target_mask])  # deduplicated, sorted
-    target_keys = target_keys[~np.isin(target_keys, history_keys)]
-    history_count = np.bincount(user_index[history_mask], minlength=len(starts))
-    target_count = np.bincount(target_keys // n_key, minlength=len(starts))
-    kept = (history_count > 0) & (target_count > 0)
-    kept_rows = history_mask & np.repeat(kept, counts)
-    history_rows = np.flatnonzero(kept_rows)
-    target_keys = target_keys[kept[target_keys // n_key]]
-    return TargetSplit(
-        users=users[starts[kept]],
-        history_ptr=np.r_[0, np.cumsum(history_count[kept])].astype(np.int64),
-        history_rows=history_rows,
-        history_items=items[history_rows],
-        target_ptr=np.r_[0, np.cumsum(target_count[kept])].astype(np.int64),
-        target_items=(target_keys % n_key).astype(np.int64),
-    )
-
-
-def history_lists(split: TargetSplit, values: np.ndarray, max_len: int, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last ``max_len`` history values per user, left-aligned and zero-padded (RecBole's layout),
-    and their lengths."""
-    counts = np.diff(split.history_ptr)
-    lengths = np.minimum(counts, max_len)
-    out = torch.zeros((len(split), max_len), dtype=dtype)
-    if lengths.sum():
-        rows = np.repeat(np.arange(len(split)), lengths)
-        cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        source = np.repeat(split.history_ptr[1:] - lengths, lengths) + cols
-        out[torch.from_numpy(rows), torch.from_numpy(cols)] = torch.as_tensor(
-            values[split.history_rows[source]], dtype=dtype
-        )
-    return out, torch.from_numpy(lengths.astype(np.int64))
 
 
 # ---------------------------------------------------------------- loaders
@@ -280,12 +135,12 @@ class MultiTargetEvalLoader:
         self.split = split
         self.interaction = interaction
         self.phase = phase
-        self.batch_size = int(_setting(config, "eval_batch_size", 4096))
+        self.batch_size = int(setting(config, "eval_batch_size", 4096))
         self.metrics = _metric_names(config)
         self.topk = _topk(config)
-        self.decimals = int(_setting(config, "metric_decimal_place", 4))
+        self.decimals = int(setting(config, "metric_decimal_place", 4))
         self.transform = None
-        if dataset is not None and _setting(config, "transform") is not None:
+        if dataset is not None and setting(config, "transform") is not None:
             from recbole.data.transform import construct_transform
 
             self.transform = construct_transform(config)
@@ -367,7 +222,7 @@ def multi_target_preparation(config, dataset):
     dataset._change_feat_format()  # Interaction; a sequential dataset expands every prefix -> next item
     dataset._drop_unused_col()
     sequential = getattr(dataset, "item_list_length_field", None) in dataset.inter_feat
-    starts, _ = _user_groups(users)
+    starts, _ = user_groups(users)
     has_history = np.ones(len(users), dtype=bool)
     if sequential:
         has_history[starts] = False  # RecBole's expansion makes no row for a user's first item
@@ -459,7 +314,7 @@ def evaluate_multi_target(model, loader: MultiTargetEvalLoader, show_progress: b
     model.eval()
     if loader.n_users == 0:
         return OrderedDict((f"{m}@{k}", 0.0) for m in loader.metrics for k in loader.topk)
-    device = _setting(loader.config, "device", torch.device("cpu"))
+    device = setting(loader.config, "device", torch.device("cpu"))
     settings = {"metrics": loader.metrics, "topk": loader.topk, "metric_decimal_place": loader.decimals}
     settings.update(device=device, eval_args={"mode": "full"})
     collector = None

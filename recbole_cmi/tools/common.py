@@ -26,9 +26,9 @@ def pyplot():
 
 
 def load(checkpoint, trust: bool = False):
-    """The checkpoint's :class:`recbole_cmi.quick_start.Pipeline` (config, dataset, loaders, trained model), read
+    """The checkpoint's :class:`recbole_cmi.pipeline.Pipeline` (config, dataset, loaders, trained model), read
     without running code in the file unless ``trust`` (``--trust_checkpoint``)."""
-    from recbole_cmi.quick_start import restore_pipeline
+    from recbole_cmi.pipeline import restore_pipeline
 
     return restore_pipeline(str(checkpoint), trust=trust)
 

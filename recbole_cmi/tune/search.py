@@ -265,7 +265,7 @@ def _num_samples(settings: SearchSettings, params: list[HyperParam], params_file
 
 def evaluate_best(model_file: str) -> tuple[dict, dict]:
     """The checkpoint's validation result (to check it against the trial) and its test result."""
-    from recbole_cmi.quick_start import evaluate_checkpoint
+    from recbole_cmi.pipeline import evaluate_checkpoint
 
     # RecBole's Trainer writes log_tensorboard/ into the cwd: keep it out of the results.
     with tempfile.TemporaryDirectory() as scratch, _working_directory(scratch):

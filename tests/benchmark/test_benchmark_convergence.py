@@ -20,7 +20,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def _trained(tiny_config, **overrides):
     """SASRec trained one epoch on the tiny dataset: (trainer, test loader)."""
-    from recbole_cmi.quick_start import prepare
+    from recbole_cmi.pipeline import prepare
     from recbole_cmi.trainer import get_trainer
 
     config, _, (train, valid, test), model = prepare("SASRec", "tiny", None, tiny_config(**overrides))

@@ -38,7 +38,8 @@ def test_the_retrieval_benchmark_runs_on_a_small_catalogue(tmp_path):
 
 def test_the_retrieval_benchmark_measures_trained_checkpoints_on_their_own_test_split(tiny_config, tmp_path):
     from recbole_cmi.benchmark import speed
-    from recbole_cmi.quick_start import evaluate_checkpoint, run_recbole_cmi
+    from recbole_cmi.pipeline import evaluate_checkpoint
+    from recbole_cmi.quick_start import run_recbole_cmi
 
     settings = tiny_config(exclude_history_items=True, metrics=["Recall", "NDCG"], topk=[20, 50])
     checkpoints = [run_recbole_cmi(m, "tiny", config_dict=settings)["saved_model_file"] for m in ("CMI", "SASRec")]

@@ -56,7 +56,8 @@ def test_each_space_searches_keys_of_its_model_from_the_published_defaults(path)
 
 
 def test_use_tuned_values_false_leaves_the_tuned_layer_out():
-    from recbole_cmi.config import Config, tuned_layer_path
+    from recbole_cmi.config import Config
+    from recbole_cmi.config_yaml import tuned_layer_path
 
     tuned = yaml.safe_load(tuned_layer_path("CMI", "micro_video").read_text(encoding="utf-8"))
     published = yaml.safe_load((REPO_ROOT / "properties" / "model" / "CMI.yaml").read_text(encoding="utf-8"))

@@ -19,7 +19,7 @@ from recbole.data.interaction import Interaction
 
 from recbole_cmi.data.augmentation import ContrastiveViews, crop, mask, random_split, reorder, view_fields
 from recbole_cmi.errors import ConfigValueError, DatasetError
-from recbole_cmi.quick_start import prepare
+from recbole_cmi.pipeline import prepare
 
 MASK_ID = 50  # dataset.item_num: item ids are 1..49, 0 is padding
 WIDTH = 12

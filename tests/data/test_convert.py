@@ -5,6 +5,7 @@ Every expected row below is worked out by hand from the fixtures in tests/fixtur
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -14,8 +15,9 @@ import pandas as pd
 import pytest
 from conftest import call, one_line_error, verb
 
+from recbole_cmi import progress
 from recbole_cmi.data.atomic import read_atomic_file
-from recbole_cmi.data.convert import SOURCES, common, kuairec, microlens, wechat
+from recbole_cmi.data.convert import SOURCES, common, inputs, kuairec, microlens, wechat
 from recbole_cmi.data.convert.__main__ import main
 from recbole_cmi.errors import ConfigValueError, DatasetError
 
@@ -78,7 +80,7 @@ def test_statistics_counts_and_lengths():
 
 @pytest.mark.parametrize("value", ["NA", "null", "", " 7", "a\tb", '"q'])
 def test_token_problem_rejects_values_recbole_cannot_read_back(value):
-    assert common.token_problem(value)
+    assert inputs.token_problem(value)
 
 
 def test_negative_kcore_is_a_config_error(tmp_path):
@@ -540,7 +542,7 @@ def test_the_shared_arguments_are_checked_before_the_input(source, tmp_path):
 @pytest.mark.parametrize("source", SOURCES)
 def test_an_output_folder_that_cannot_be_written_is_one_line(source, tmp_path, monkeypatch):
     args = valid_args(source, tmp_path)
-    monkeypatch.setattr(common.os, "access", lambda path, mode: Path(path) != tmp_path)
+    monkeypatch.setattr(inputs.os, "access", lambda path, mode: Path(path) != tmp_path)
     code, _, err = call(main, strings([source, *args]))
     one_line_error(code, err, f"--output {args[3]} cannot be created: {tmp_path} is not writable")
     monkeypatch.undo()
@@ -683,7 +685,7 @@ def test_the_command_line_writes_exactly_these_bytes(source, tmp_path):
     assert out.splitlines()[-2] == f"wrote {args[3] / 'out.inter'} and {args[3] / 'out.item'}"
     assert (args[3] / "out.inter").read_bytes() == inter.encode()
     assert (args[3] / "out.item").read_bytes() == item.encode()
-    assert sorted(p.name for p in args[3].iterdir()) == [common.MANIFEST, "out.inter", "out.item"]
+    assert sorted(p.name for p in args[3].iterdir()) == [inputs.MANIFEST, "out.inter", "out.item"]
 
 
 # --- the output loads in RecBole ------------------------------------------------------------------
@@ -728,3 +730,61 @@ def test_converted_microlens_trains_sasrec_for_one_epoch(tmp_path):
     )
     assert outcome["config"]["item_inter_num_interval"] == "[5,inf)"  # from the dataset yaml
     assert 0.0 <= outcome["test_result"]["recall@10"] <= 1.0
+
+
+# --- progress: a line per long step on a terminal, nothing else ----------------------------------------
+
+# source -> the steps the EXACT_FILES run reports, in order
+PROGRESS_STEPS = {
+    "microlens": [
+        "reading Tiny_pairs.tsv",
+        "reading Tiny_titles.csv",
+        "ordering and deduplicating",
+        "3-core filtering",
+        "writing out.inter and .item",
+    ],
+    "wechat": [
+        "reading user_action.csv",
+        "reading feed_info.csv",
+        "ordering and deduplicating",
+        "writing out.inter and .item",
+    ],
+    "kuairec": [
+        "reading small_matrix.csv",
+        "reading item_categories.csv",
+        "ordering and deduplicating",
+        "2-core filtering",
+        "writing out.inter and .item",
+    ],
+}
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_a_terminal_gets_a_line_per_step_and_the_rest_is_unchanged(source, tmp_path, monkeypatch):
+    args = valid_args(source, tmp_path)
+    extra, inter, item = EXACT_FILES[source]
+    argv = strings([source, *args, *extra])
+    code, plain_out, plain_err = call(main, argv)
+    assert (code, plain_err) == (0, "")  # not a terminal: no progress at all
+
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)
+    code, out, err = call(main, argv)  # into the same folder: the converter may replace what it wrote
+    assert code == 0
+    took = re.compile(r"took \d+\.\d s")
+    assert took.fullmatch(out.splitlines()[-1]) and took.fullmatch(plain_out.splitlines()[-1])
+    assert out.splitlines()[:-1] == plain_out.splitlines()[:-1]  # stdout as without a terminal, but the seconds
+    lines = err.splitlines()
+    assert [line.partition(" ... ")[0] for line in lines] == PROGRESS_STEPS[source]
+    assert all(re.fullmatch(r".+ \.\.\. \d+\.\d s", line) for line in lines), lines
+    assert (args[3] / "out.inter").read_bytes() == inter.encode()
+    assert (args[3] / "out.item").read_bytes() == item.encode()
+
+
+def test_a_step_that_fails_on_a_terminal_leaves_the_error_its_own_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(progress, "on_terminal", lambda: True)
+    raw = copy_fixture("kuairec", tmp_path)
+    (raw / "small_matrix.csv").write_text(MATRIX_HEADER + "1,10,0,0,t,d,three,2.5\n")
+    code, _, err = call(main, strings(["kuairec", "--input", raw, "--output", tmp_path / "out", "--matrix", "small"]))
+    assert code == 2
+    assert err.splitlines()[0] == "reading small_matrix.csv ..."
+    one_line_error(code, "\n".join(err.splitlines()[1:]), "small_matrix.csv, line 2", "'timestamp' must be a number")

@@ -12,18 +12,11 @@ import torch
 from conftest import TINY_SETTINGS
 from recbole.data.interaction import Interaction
 
-from recbole_cmi.data.protocol import (
-    TEST,
-    TRAIN,
-    VALID,
-    MultiTargetEvalLoader,
-    TargetSplit,
-    build_split,
-    evaluate_multi_target,
-    period_labels,
-)
+from recbole_cmi.data.protocol import MultiTargetEvalLoader, evaluate_multi_target
+from recbole_cmi.data.target_split import TEST, TRAIN, VALID, TargetSplit, build_split, period_labels
 from recbole_cmi.errors import ConfigValueError, DatasetError
-from recbole_cmi.quick_start import evaluate_checkpoint, prepare, run_recbole_cmi
+from recbole_cmi.pipeline import evaluate_checkpoint, prepare
+from recbole_cmi.quick_start import run_recbole_cmi
 
 DAY = 86_400
 LOG2_3 = math.log2(3)

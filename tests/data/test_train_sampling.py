@@ -9,7 +9,8 @@ import torch
 from conftest import TINY_SETTINGS
 
 from recbole_cmi.errors import ConfigValueError
-from recbole_cmi.quick_start import prepare, run_recbole_cmi
+from recbole_cmi.pipeline import prepare
+from recbole_cmi.quick_start import run_recbole_cmi
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from recbole_cmi.data.augmentation import ContrastiveViews
 from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.model.cl4srec import CL4SRec
 from recbole_cmi.model.layers import info_nce
-from recbole_cmi.quick_start import evaluate_checkpoint, prepare, run_recbole_cmi
+from recbole_cmi.pipeline import evaluate_checkpoint, prepare
+from recbole_cmi.quick_start import run_recbole_cmi
 from recbole_cmi.utils import get_model
 
 N_ITEMS = 9  # including padding id 0; the mask token is id 9

@@ -15,7 +15,8 @@ from recbole_cmi.data.sampler import SHARED_NEG_FIELD, SharedNegatives, uniform_
 from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.model.cmi import orthogonality_loss, uniformity_loss
 from recbole_cmi.model.layers import info_nce
-from recbole_cmi.quick_start import prepare, run_recbole_cmi
+from recbole_cmi.pipeline import prepare
+from recbole_cmi.quick_start import run_recbole_cmi
 from recbole_cmi.trainer import get_trainer
 
 

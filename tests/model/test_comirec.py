@@ -15,7 +15,8 @@ from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.model.comirec_base import ComiRecBase
 from recbole_cmi.model.comirec_dr import CapsuleInterests, ComiRecDR, dynamic_routing, squash
 from recbole_cmi.model.comirec_sa import ComiRecSA, SelfAttentiveInterests
-from recbole_cmi.quick_start import evaluate_checkpoint, run_recbole_cmi
+from recbole_cmi.pipeline import evaluate_checkpoint
+from recbole_cmi.quick_start import run_recbole_cmi
 
 N_ITEMS = 9  # including padding id 0
 SEQ_LEN = 5

@@ -16,9 +16,10 @@ from recbole.data.interaction import Interaction
 
 from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.model.cmi import CMI
-from recbole_cmi.quick_start import evaluate_checkpoint, load_data_and_model, prepare, run_recbole_cmi
+from recbole_cmi.pipeline import evaluate_checkpoint, prepare
+from recbole_cmi.quick_start import load_data_and_model, run_recbole_cmi
 from recbole_cmi.tools.common import ToolError
-from recbole_cmi.tools.inspect import pca_2d
+from recbole_cmi.tools.inspect_numbers import pca_2d
 from recbole_cmi.tools.robustness import assign_labels, parse_checkpoints, parse_lengths, parse_models
 from recbole_cmi.tools.robustness_loaders import (
     bucket_label,

@@ -32,11 +32,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from recbole_cmi.data.convert.common import (
+from recbole_cmi.data.convert.common import UNKNOWN_CATEGORY, ConversionResult, convert_folder
+from recbole_cmi.data.convert.inputs import (
     PANDAS_NA_STRINGS,
-    UNKNOWN_CATEGORY,
-    ConversionResult,
-    convert_folder,
     first_line_not_utf8,
     pick_column,
     read_header,
@@ -46,6 +44,7 @@ from recbole_cmi.data.convert.common import (
     token_problem,
 )
 from recbole_cmi.errors import ConfigValueError, DatasetError
+from recbole_cmi.progress import step
 
 DESCRIPTION = "MicroLens *_pairs.csv (real time) or *_pairs.tsv (order only), optional *_titles.csv"
 USER_COLUMNS = ("userID", "user", "user_id")
@@ -127,6 +126,11 @@ def read_pairs_csv(path: Path) -> pd.DataFrame:
 
 
 def read_pairs_tsv(path: Path) -> pd.DataFrame:
+    with step(f"reading {path.name}"):
+        return _read_pairs_tsv(path)
+
+
+def _read_pairs_tsv(path: Path) -> pd.DataFrame:
     users, items = [], []
     try:
         with open(path, encoding="utf-8-sig") as f:

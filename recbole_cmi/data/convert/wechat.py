@@ -31,11 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recbole_cmi.data.convert.common import (
-    SECONDS_PER_DAY,
-    UNKNOWN_CATEGORY,
-    ConversionResult,
-    convert_folder,
+from recbole_cmi.data.convert.common import SECONDS_PER_DAY, UNKNOWN_CATEGORY, ConversionResult, convert_folder
+from recbole_cmi.data.convert.inputs import (
     line_of,
     read_table,
     require_file,
