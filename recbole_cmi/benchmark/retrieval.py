@@ -305,13 +305,13 @@ def format_report(results: list[RetrievalResult], args, environment: dict, comma
             continue
         exact = next(x for x in results if x.catalogue == r.catalogue and x.model == r.model)
         sasrec = next((x for x in results if x.catalogue == r.catalogue and x.model == "SASRec"), None)
-        vs_sasrec = r.ms_per_user / sasrec.ms_per_user if sasrec else math.nan
+        vs_sasrec = f"{r.ms_per_user / sasrec.ms_per_user:.2f}x" if sasrec else "-"  # no SASRec measured
         ratios = [_ratio(r.metrics.get(k), exact.metrics.get(k)) for k in ACCURACY_METRICS]
         build = (
             "-" if r.retrieval == "exact" else "same index" if math.isnan(r.build_seconds) else f"{r.build_seconds:.1f}"
         )
         rows.append(
-            [f"{r.catalogue} ({r.items:,})", r.model, r.retrieval, build, f"{r.ms_per_user:.2f}", f"{vs_sasrec:.2f}x"]
+            [f"{r.catalogue} ({r.items:,})", r.model, r.retrieval, build, f"{r.ms_per_user:.2f}", vs_sasrec]
             + [_mb(r.peak_rss), f"{r.metrics.get('recall@50', math.nan):.4f}"]
             + [f"{r.metrics.get('ndcg@20', math.nan):.4f}", ratios[0], ratios[1], f"{r.overlap:.4f}"]
         )
