@@ -71,7 +71,12 @@ def run(argv=None) -> int:
     given = [a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.split("=")[0] in LAUNCH_OPTIONS]
     if torchrun_settings() is not None and given:
         parser.error(f"{', '.join(given)}: under torchrun, torchrun sets the processes and the rendezvous")
-    return run_cli(lambda: _run(args, _BOOLEANS[args.saved.lower()], config_dict))
+    code = run_cli(lambda: _run(args, _BOOLEANS[args.saved.lower()], config_dict))
+    if torchrun_settings() is not None:
+        from recbole_cmi.distributed import end_ddp_process
+
+        end_ddp_process(code)
+    return code
 
 
 LAUNCH_OPTIONS = ("--nproc", "--world_size", "--ip", "--port", "--group_offset")

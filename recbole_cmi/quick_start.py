@@ -17,6 +17,7 @@ from logging import getLogger
 
 import torch.distributed as dist
 
+from recbole_cmi.distributed import end_ddp_process
 from recbole_cmi.errors import CheckpointError, ConfigValueError, RecboleCmiError
 from recbole_cmi.files import atomic_open
 from recbole_cmi.paths import describe_unreadable
@@ -69,6 +70,7 @@ def run_recbole_cmi(
         if evaluate_test
         else None
     )
+    trainer.tensorboard.close()  # RecBole never closes it: its last events would wait for the writer's thread
     logger = getLogger()
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
@@ -188,6 +190,7 @@ def _worker(local_rank, model, dataset, config_file_list, settings, saved, read_
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    end_ddp_process(0)  # not spawn's ordinary exit: see end_ddp_process
 
 
 @contextlib.contextmanager

@@ -177,3 +177,27 @@ def test_ddp_gradients_are_those_of_the_mean_of_per_process_losses(tiny_config, 
     assert not math.isclose(whole_loss, sum(half_losses) / 2, rel_tol=1e-3)
     embedding = "item_embedding.weight"
     assert (whole_batch[embedding] - reference_mean[embedding]).abs().max() > 1e-4
+
+
+def test_a_finished_ddp_process_ends_with_its_code_and_its_output_flushed(tmp_path):
+    # end_ddp_process skips the interpreter's finalisation (where torch's C++ threads can abort a finished
+    # worker): what was printed without a newline and what went to a log file must still be there.
+    import subprocess
+    import sys
+
+    log = tmp_path / "run.log"
+    script = (
+        "import logging, sys\n"
+        "from recbole_cmi.distributed import end_ddp_process\n"
+        f"logging.basicConfig(filename={str(log)!r}, level=logging.INFO)\n"
+        "logging.getLogger().info('logged before the end')\n"
+        "print('printed without a newline', end='')\n"
+        "sys.stderr.write('error stream too')\n"
+        "end_ddp_process(3)\n"
+        "print('never reached')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3
+    assert done.stdout == "printed without a newline"
+    assert done.stderr == "error stream too"
+    assert "logged before the end" in log.read_text()

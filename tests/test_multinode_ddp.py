@@ -7,6 +7,7 @@ Each torchrun "node" has a working folder of its own, as two machines without a 
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import signal
 import subprocess
@@ -47,7 +48,9 @@ def test_multi_node_ddp_on_loopback(tmp_path):
 def _env():
     # gloo picks its interface from the host name otherwise; there is only lo here. The namespace has no name
     # resolution, so c10d's C++ side warns on every connection that it cannot name 127.0.0.1: only errors.
-    return dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", TORCH_CPP_LOG_LEVEL="ERROR")
+    # PYTHONFAULTHANDLER: a process that hangs prints its Python stacks when _finish sends it SIGABRT.
+    return dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1", TORCH_CPP_LOG_LEVEL="ERROR",
+                PYTHONFAULTHANDLER="1")  # fmt: skip
 
 
 def _config_file(folder: Path, data_root: Path, **overrides) -> Path:
@@ -71,6 +74,41 @@ def _torchrun(node: Path, port: int, run_id: str, args: list[str], **popen) -> s
                "--redirects=3", "--tee=3", *args]  # fmt: skip
     return subprocess.Popen(command, cwd=node, env=_env(), text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, **popen)  # fmt: skip
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found
+
+
+def _finish(processes: list[subprocess.Popen], timeout: float) -> list[tuple[str, str]]:
+    """Wait for all of ``processes`` within one ``timeout``; on a hang, fail with every process's stacks and output.
+
+    The hung processes and their children (torchrun's workers) get SIGABRT first, which makes Python's
+    faulthandler print where each thread was, so a hang in CI says where it happened.
+    """
+    deadline = time.monotonic() + timeout
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=max(deadline - time.monotonic(), 0.1)))
+        return outputs
+    except subprocess.TimeoutExpired:
+        for process in processes:
+            for pid in [*_descendants(process.pid), process.pid]:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGABRT)
+        time.sleep(2)
+        report = []
+        for i, process in enumerate(processes):
+            process.kill()
+            out, err = process.communicate()
+            report.append(
+                f"--- process {i} ({process.args[-4:]}), exit {process.returncode}\n{out[-3000:]}\n{err[-6000:]}"
+            )
+        pytest.fail(f"hung for {timeout:.0f} s; stacks and output follow\n" + "\n".join(report))
 
 
 def _printed(stdout: str, label: str) -> dict:
@@ -102,7 +140,7 @@ def test_inside_two_nodes_train_like_two_local_processes_and_one_process(model, 
 
     port, run_id = find_free_port(), uuid.uuid4().hex[:8]
     nodes = [_torchrun(tmp_path / f"node{i}", port, run_id, _module_args(model, config)) for i in range(2)]
-    outputs = [node.communicate(timeout=180) for node in nodes]
+    outputs = _finish(nodes, timeout=180)
     for node, (out, err) in zip(nodes, outputs):
         assert node.returncode == 0, out[-2000:] + err[-3000:]
 
@@ -189,9 +227,8 @@ def test_inside_a_killed_rank_ends_both_torchrun_nodes(tmp_path, tiny_data_root)
     victim = next(pid for pid in _children(nodes[1 - rank0].pid) if "recbole_cmi" in _cmdline(pid))
     start = time.monotonic()
     os.kill(victim, signal.SIGKILL)
-    for node in nodes:  # no hang: both torchrun agents end, with a failure
-        node.communicate(timeout=90)
-        assert node.returncode != 0
+    _finish(nodes, timeout=90)  # no hang: both torchrun agents end, with a failure
+    assert all(node.returncode != 0 for node in nodes)
     seconds = time.monotonic() - start
     assert seconds < 60, seconds
     # The surviving worker's own output (torchrun keeps it apart under --log_dir): one line at most, ours.
