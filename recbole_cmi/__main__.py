@@ -377,7 +377,7 @@ VERBS = {
     "robustness": (__name__, "robustness", "metrics under dropped or replaced history items"),
     "export": ("recbole_cmi.export", "main", "item vectors and a faiss index for serving"),
     "checkpoint": ("recbole_cmi.checkpoint", "main", "upgrade an old (pickled) checkpoint to the safe format"),
-    "benchmark": ("recbole_cmi.benchmark.__main__", "main", "accuracy, speed, tune, anomaly or gpu benchmark"),
+    "benchmark": ("recbole_cmi.benchmark.__main__", "main", "accuracy, speed, tune, anomaly, gpu or authors-code"),
 }
 
 

@@ -17,7 +17,7 @@ from recbole_cmi.cli import (
 )
 from recbole_cmi.errors import ConfigValueError
 
-BENCHMARKS = ("accuracy", "speed", "tune", "anomaly", "gpu")
+BENCHMARKS = ("accuracy", "speed", "tune", "anomaly", "gpu", "authors-code")
 
 
 @pytest.mark.parametrize("name", sorted(front.VERBS))

@@ -9,6 +9,7 @@ Subcommands (each a module with ``main(argv) -> int``, imported only when named)
 * ``speed``: training throughput, full-sort evaluation speed and peak memory per model at several data sizes.
 * ``tune``: the same validation search (trials, ASHA, epoch cap) for every model; writes their tuned files.
 * ``anomaly``: what autograd anomaly mode (which RecBole switches on) costs per training epoch.
+* ``authors-code``: a RecBole ``.inter`` file as the CMI authors' input, split as our leave-one-out.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ SUBCOMMANDS = {
     "speed": "recbole_cmi.benchmark.speed",
     "tune": "recbole_cmi.benchmark.tune",
     "anomaly": "recbole_cmi.benchmark.anomaly",
+    "authors-code": "recbole_cmi.benchmark.authors_code",
 }
 
 
