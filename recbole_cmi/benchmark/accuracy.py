@@ -34,7 +34,9 @@
   shared config is a row of its own, named by its label (its text without one); under ``--tuned`` it reads
   ``<DIR>/<dataset>/<label>.yaml``, so an ablation gets its own equal search.
 * **Seeds** 2022, 2023, ...: ``--seeds=N`` runs N of them; all models run with one seed before the
-  next seed starts, so a stopped benchmark has comparable numbers early.
+  next seed starts, so a stopped benchmark has comparable numbers early. ``--only_seeds=2024`` runs only those
+  of the N (one benchmark split over processes or machines: each writes its own ``--out``; the rows of their
+  csv files, put in one csv, are published together by ``--resume`` with the full ``--seeds``).
 * **Isolation.** A run is ``python -m recbole_cmi.benchmark accuracy --run_spec=<json>`` in its own
   folder under ``--work_dir`` (default: a new temporary folder), which holds its RecBole log and
   ``run.log`` (stdout and stderr); its checkpoints are deleted when it ends (``--keep_checkpoints`` keeps the best
@@ -131,6 +133,11 @@ def build_parser() -> OneLineArgumentParser:
         "CMI,CMI:cl_weight=0,label=CMI_noCL); a variant's rows, folder and --tuned file carry its label",
     )
     parser.add_argument("--seeds", type=int, default=3, help=f"number of seeds: {FIRST_SEED}, {FIRST_SEED + 1}, ...")
+    parser.add_argument(
+        "--only_seeds",
+        default=None,
+        help="comma-separated seeds among the --seeds ones to run in this process (default: all of them)",
+    )
     parser.add_argument("--protocol", default="loo", help="loo (RecBole leave-one-out) or multi_target (the paper's)")
     parser.add_argument("--config_files", nargs="*", default=None, help="yaml files shared by every run")
     parser.add_argument("--out", default="results", help="writes <out>/<dataset>/<protocol>.md, .csv and .png")
@@ -190,6 +197,7 @@ def main(argv=None) -> int:
         tuned=args.tuned,
         conventions=args.conventions,
         keep_checkpoints=args.keep_checkpoints,
+        only_seeds=_seed_list(parser, args.only_seeds),
     )
 
     def action():
@@ -232,7 +240,8 @@ def run_benchmark(settings: BenchmarkSettings) -> BenchmarkOutcome:
     rows = previous_rows(csv_path, settings, shared, tuned if settings.tuned else {}) if settings.resume else []
     done = {(row["model"], str(row["seed"])) for row in rows if row.get("status") == "ok"}
     seeds = [FIRST_SEED + i for i in range(settings.seeds)]
-    plan = [(seed, model) for seed in seeds for model in models if (model, str(seed)) not in done]
+    running = seeds if settings.only_seeds is None else [seed for seed in seeds if seed in settings.only_seeds]
+    plan = [(seed, model) for seed in running for model in models if (model, str(seed)) not in done]
     prefix = f"bench-{settings.dataset}-{settings.protocol}-"
     work_dir = Path(settings.work_dir) if settings.work_dir else Path(tempfile.mkdtemp(prefix=prefix))
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -273,6 +282,13 @@ def _check_settings(settings: BenchmarkSettings) -> list[RunModel]:
         raise ConfigValueError(f"--protocol={settings.protocol!r} (one of {', '.join(PROTOCOLS)})")
     if not isinstance(settings.seeds, int) or settings.seeds < 1:
         raise ConfigValueError(f"--seeds={settings.seeds!r} (an integer >= 1: the number of seeds)")
+    seeds = [FIRST_SEED + i for i in range(settings.seeds)]
+    outside = [seed for seed in settings.only_seeds or () if seed not in seeds]
+    if outside:
+        raise ConfigValueError(
+            f"--only_seeds={','.join(map(str, settings.only_seeds))}: {', '.join(map(str, outside))} not among the "
+            f"--seeds={settings.seeds} seeds ({', '.join(map(str, seeds))})"
+        )
     if settings.run_timeout is not None and settings.run_timeout <= 0:
         raise ConfigValueError(f"--run_timeout={settings.run_timeout!r} (seconds > 0)")
     if settings.conventions not in CONVENTIONS:
@@ -295,6 +311,18 @@ def _check_settings(settings: BenchmarkSettings) -> list[RunModel]:
                 f"recbole_cmi.benchmark tune --dataset={settings.dataset} --models={','.join(missing)} ...)"
             )
     return variants
+
+
+def _seed_list(parser, text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        parser.error(f"--only_seeds={text!r}: comma-separated integers, e.g. 2023,2024")
+    if not seeds:
+        parser.error(f"--only_seeds={text!r}: at least one seed")
+    return seeds
 
 
 def _progress_line(row: dict) -> str:

@@ -61,6 +61,7 @@ class BenchmarkSettings:
     tuned: str | None = None  # the folder of <dataset>/<Model>.yaml tuned files every model runs with
     conventions: str = "both"  # "both": the test set also under the other ranking convention; "config": as set
     keep_checkpoints: bool = False  # keep each run's best checkpoint (<work_dir>/<label>-seed<seed>/saved/)
+    only_seeds: list[int] | None = None  # run only these of the --seeds seeds (one benchmark split over processes)
 
 
 @dataclass(frozen=True)

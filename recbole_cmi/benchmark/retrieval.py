@@ -53,6 +53,8 @@ class RetrievalResult:
     metrics: dict = dataclasses.field(default_factory=dict)
     overlap: float = math.nan
     error: str | None = None
+    # Synthetic catalogues: shares of the N items that occur in the log at least once and at least 3 times.
+    log_coverage: tuple[float, float] | None = None
 
     @property
     def ms_per_user(self) -> float:
@@ -66,6 +68,13 @@ def add_arguments(parser) -> None:
     )
     group.add_argument("--catalogues", default=DEFAULT_CATALOGUES, help="catalogue sizes, default 100k,1m")
     group.add_argument("--retrieval-interactions", default="200k", help="interactions of the log (default 200k)")
+    group.add_argument(
+        "--retrieval-zipf",
+        type=float,
+        default=None,
+        help="Zipf exponent of item popularity in the log (default: the generator's, 1.0); 0.5 with 10 "
+        "interactions per item puts nearly every item of the catalogue into training",
+    )
     group.add_argument("--retrieval-users", type=int, default=1000, help="test users evaluated (default 1000)")
     group.add_argument("--retrieval-train-steps", type=int, default=200, help="training steps per model")
     group.add_argument("--ivf-nprobe", default="8,32", help="CMI's IVF settings (lists probed), default 8,32")
@@ -104,6 +113,8 @@ def check_arguments(parser, args) -> None:
         args.hnsw_m = RetrievalSettings().hnsw_m
     if min(args.nprobes + args.ef_searches + [args.hnsw_m, args.retrieval_users, args.retrieval_train_steps]) < 1:
         parser.error("--ivf-nprobe, --hnsw-ef, --hnsw-m, --retrieval-users and --retrieval-train-steps must be >= 1")
+    if args.retrieval_zipf is not None and not 0.0 <= args.retrieval_zipf <= 5.0:
+        parser.error(f"--retrieval-zipf must be in [0, 5], got {args.retrieval_zipf}")
 
 
 def _settings(args, model_name: str):
@@ -159,7 +170,7 @@ def _overlap(found, exact) -> float:
 
 def bench_model(model_name: str, dataset, args, folder: Path, label: str) -> list[RetrievalResult]:
     """Train ``model_name`` briefly on the synthetic catalogue, then :func:`measure` it."""
-    from recbole_cmi.benchmark.measure import _train_step, common_config
+    from recbole_cmi.benchmark.measure import _say, _train_step, common_config
     from recbole_cmi.pipeline import build_pipeline
 
     overrides = {"sparse_item_updates": True} if model_name == "CMI" else {"loss_type": "BPR"}
@@ -175,14 +186,18 @@ def bench_model(model_name: str, dataset, args, folder: Path, label: str) -> lis
     pipeline = build_pipeline(model_name, "bench", config_dict=settings, data=dataset, log=False)
     model, trainer, train_data = pipeline.model, pipeline.trainer, pipeline.train_data
     model.train()
-    batches = iter(train_data)
+    batches, start, loss = iter(train_data), time.perf_counter(), math.nan
     for _ in range(args.retrieval_train_steps):
         try:
             interaction = next(batches)
         except StopIteration:
             batches = iter(train_data)
             interaction = next(batches)
-        _train_step(model, trainer.optimizer, interaction.to(pipeline.config["device"]))
+        loss = _train_step(model, trainer.optimizer, interaction.to(pipeline.config["device"])).item()
+    _say(
+        f"[{label}] {model_name}: {args.retrieval_train_steps} training steps in {time.perf_counter() - start:.1f} s "
+        f"(last loss {loss:.4f})"
+    )
     return measure(pipeline, args, label, model_name)
 
 
@@ -258,7 +273,11 @@ def run_catalogue(label: str, n_items: int, args, workdir: Path) -> list[Retriev
     folder = workdir / f"catalogue_{label}"
     start = time.perf_counter()
     cfg = SyntheticConfig(n_users=1, n_items=n_items, n_categories=args.categories, seed=args.seed)
-    write_atomic(generate(cfg, fast=True, n_interactions=args.log_interactions), folder / "bench", "bench")
+    if args.retrieval_zipf is not None:
+        cfg = dataclasses.replace(cfg, zipf=args.retrieval_zipf)
+    log = generate(cfg, fast=True, n_interactions=args.log_interactions)
+    coverage = log_coverage(log.items, n_items)
+    write_atomic(log, folder / "bench", "bench")
     config = Config(
         "SASRec", "bench", config_dict={**common_config(args, str(folder)), **_load_columns()}, read_argv=False
     )
@@ -273,7 +292,17 @@ def run_catalogue(label: str, n_items: int, args, workdir: Path) -> list[Retriev
     for model_name in ("CMI", "SASRec"):
         results += bench_model(model_name, dataset, args, folder, label)
         release_memory()
+    for result in results:
+        result.log_coverage = coverage
     return results
+
+
+def log_coverage(items, n_items: int) -> tuple[float, float]:
+    """Shares of the catalogue's ``n_items`` items (ids 1..n_items) that ``items`` holds at least once, 3 times."""
+    import numpy as np
+
+    counts = np.bincount(np.asarray(items), minlength=n_items + 1)[1 : n_items + 1]
+    return float((counts >= 1).mean()), float((counts >= 3).mean())
 
 
 def format_report(results: list[RetrievalResult], args, environment: dict, command: str, started: str, wall: float):
@@ -289,7 +318,7 @@ def format_report(results: list[RetrievalResult], args, environment: dict, comma
         "",
         f"- Machine: {machine_text(environment['machine'])}; torch and faiss threads: {args.threads or 1}",
         f"- Versions: {versions_text(environment['versions'])}, faiss {_faiss_version()}",
-        *(_checkpoint_lines(args) if args.checkpoint_files else _synthetic_lines(args)),
+        *(_checkpoint_lines(args) if args.checkpoint_files else _synthetic_lines(args, results)),
         f"- Evaluation: {args.retrieval_users} test users through the trainer's full-sort path and RecBole's "
         "collector and evaluator. ms/user excludes the index build (paid once per evaluation, its own column); "
         "peak RSS: rise above the level before the build. Recall@50 and NDCG@20 relative to the same model's "
@@ -319,12 +348,18 @@ def format_report(results: list[RetrievalResult], args, environment: dict, comma
     return "\n".join(lines) + "\n"
 
 
-def _synthetic_lines(args) -> list[str]:
+def _synthetic_lines(args, results) -> list[str]:
+    from recbole_cmi.data.synthetic import SyntheticConfig
+
+    zipf = SyntheticConfig().zipf if args.retrieval_zipf is None else args.retrieval_zipf
+    covered = {r.catalogue: r.log_coverage for r in results if r.log_coverage is not None}
+    shares = "; ".join(f"{label}: {once:.1%} ({thrice:.1%})" for label, (once, thrice) in covered.items())
     return [
         f"- Data: a synthetic log of {args.log_interactions:,} interactions (`fast` generator, {args.categories} "
-        f"latent categories, seed {args.seed}) over a catalogue of N items (an item file lists all of them; most "
-        f"never occur in the log). d = {args.d}, MAX_ITEM_LIST_LENGTH {args.max_len}, {args.eval_batch_size} "
-        f"users per evaluation batch, history items excluded.",
+        f"latent categories, Zipf popularity exponent {zipf:g}, seed {args.seed}) over a catalogue of N items (an "
+        f"item file lists all of them, also those the log never reaches). Share of the catalogue that occurs in the "
+        f"log (at least 3 times): {shares or '-'}. d = {args.d}, MAX_ITEM_LIST_LENGTH {args.max_len}, "
+        f"{args.eval_batch_size} users per evaluation batch, history items excluded.",
         f"- Models: CMI (m = {args.num_interest}, sparse item updates) and SASRec (BPR), "
         f"{args.retrieval_train_steps} training steps of {args.batch_size} rows each; one checkpoint per model "
         "and catalogue, evaluated every way below.",

@@ -310,6 +310,8 @@ def test_bad_options_fail_before_any_run(tiny_data_root, tmp_path):
         run_benchmark(settings(tiny_data_root, tmp_path, protocol="leave_two_out"))
     with pytest.raises(ConfigValueError, match="use --seeds"):
         run_benchmark(settings(tiny_data_root, tmp_path, overrides={"seed": 1}))
+    with pytest.raises(ConfigValueError, match=r"--only_seeds=2023,2030: 2030 not among the --seeds=2 seeds"):
+        run_benchmark(settings(tiny_data_root, tmp_path, only_seeds=[2023, 2030]))
     assert not (tmp_path / "work").exists()
 
 
@@ -372,6 +374,23 @@ def test_a_refresh_with_fewer_models_and_seeds_keeps_the_other_runs_and_says_so(
     assert "- **Seeds**: 2022, 2023; cells are" in text  # ComiRecSA never finished: not an uneven model
     assert text.count("| 2/2 |") == 2  # SASRec and GRU4Rec keep both seeds in the table
     assert "outside this command's `--models` × `--seeds`: SASRec seed 2023; GRU4Rec seeds 2022, 2023." in text
+
+
+@pytest.mark.e2e
+def test_only_seeds_runs_those_seeds_and_resume_publishes_the_split_benchmark_whole(two_by_two, tmp_path):
+    outcome, given = two_by_two
+    part = dataclasses.replace(given, models=["SASRec"], only_seeds=[2023], out=str(tmp_path / "b"))
+    second = run_benchmark(dataclasses.replace(part, work_dir=str(tmp_path / "work_b")))
+    assert [(r["model"], r["seed"], r["status"]) for r in report_runs.read_runs(second.csv_path)] == [
+        ("SASRec", "2023", "ok")
+    ]
+    first = [r for r in report_runs.read_runs(outcome.csv_path) if r["model"] == "SASRec" and r["seed"] == "2022"]
+    merged = tmp_path / "merged"
+    (merged / "tiny").mkdir(parents=True)
+    report_runs.write_runs(merged / "tiny" / "loo.csv", first + report_runs.read_runs(second.csv_path))
+    whole = run_benchmark(dataclasses.replace(given, models=["SASRec"], resume=True, out=str(merged)))
+    assert sorted(r["seed"] for r in report_runs.read_runs(whole.csv_path)) == ["2022", "2023"]  # nothing reran
+    assert "| 2/2 |" in unpadded(whole.md_path.read_text())
 
 
 @pytest.mark.e2e

@@ -17,6 +17,7 @@ def test_the_retrieval_benchmark_runs_on_a_small_catalogue(tmp_path):
     out = tmp_path / "retrieval.md"
     argv = ["--retrieval", "--catalogues", "2k", "--retrieval-interactions", "4k", "--retrieval-users", "40"]
     argv += ["--retrieval-train-steps", "2", "--ivf-nprobe", "1,64", "--hnsw-ef", "50", "--d", "8", "--out", str(out)]
+    argv += ["--retrieval-zipf", "0.5"]
     status, stdout, err = call(speed.main, argv)
     assert status == 0, err
     finished = [line for line in stdout.splitlines() if line.startswith("[2k] ")]  # one line per evaluation
@@ -34,6 +35,16 @@ def test_the_retrieval_benchmark_runs_on_a_small_catalogue(tmp_path):
     exhaustive = rows[2]  # nprobe 64 >= the sqrt(2000) = 45 lists: every list searched, the exact top-50
     assert exhaustive[-1].strip(" |") == "1.0000" and rows[0][-1].strip(" |") == "1.0000"
     assert all(float(r[4]) > 0 for r in rows)  # ms per user
+    assert "Zipf popularity exponent 0.5" in report and "Share of the catalogue that occurs in the log" in report
+    status, _, err = call(speed.main, ["--retrieval", "--retrieval-zipf", "-1"])
+    one_line_error(status, err, "--retrieval-zipf")
+
+
+def test_log_coverage_counts_the_catalogue_items_a_log_reaches_once_and_three_times():
+    from recbole_cmi.benchmark.retrieval import log_coverage
+
+    # items 1..5: item 1 three times, item 2 once, item 4 four times; items 3 and 5 never
+    assert log_coverage([1, 2, 1, 4, 4, 1, 4, 4], 5) == (3 / 5, 2 / 5)
 
 
 def test_the_retrieval_benchmark_measures_trained_checkpoints_on_their_own_test_split(tiny_config, tmp_path):
