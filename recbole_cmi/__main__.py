@@ -305,6 +305,10 @@ histories (``--seed``), and the runs under one label must hold the same model. A
 
 ``--lengths=6,19`` also reports Recall/NDCG on the clean test users by the length of their input history
 (buckets 1-6, 7-19, >=20; histories are cut to MAX_ITEM_LIST_LENGTH, so the last bucket is "at least").
+
+``--merge=a/robustness.csv,b/robustness.csv`` publishes earlier studies' runs with this one's (or alone): a
+study split over processes or machines, or a model added later. Their csv must record the same ``--seed`` (the
+same perturbed histories) and ``--topk``; a label's runs are numbered in the order given.
 """
 
 
@@ -323,13 +327,16 @@ def robustness(argv=None) -> int:
     parser.add_argument(
         "--lengths", default=None, help="edges of history-length buckets, e.g. 6,19: 1-6, 7-19, >=20 (default: off)"
     )
+    parser.add_argument(
+        "--merge", default=None, help="comma-separated csv files of earlier studies (same --seed) to publish with this"
+    )
     parser.add_argument("--out", default="reports/robustness", help="output folder (default reports/robustness)")
     parser.add_argument("--prefix", default="robustness", help="file names: <prefix>.md/.csv/.png")
     parser.add_argument("--config_files", nargs="*", default=None, help="yaml files for training, later ones win")
     parser.add_argument("--trust_checkpoint", action="store_true", help=TRUST_HELP)
     args, config_dict = parse_with_config_values(parser, argv)
-    if not args.models and not args.checkpoints:
-        parser.error("give --models (to train) and/or --checkpoints (to evaluate)")
+    if not args.models and not args.checkpoints and not args.merge:
+        parser.error("give --models (to train), --checkpoints (to evaluate) and/or --merge (earlier studies' csv)")
     if args.models and not args.dataset:
         parser.error("--models needs --dataset")
     if args.topk < 1:
@@ -339,9 +346,13 @@ def robustness(argv=None) -> int:
 
 def _robustness(args, config_dict: dict) -> int:
     from recbole_cmi.tools.robustness import parse_checkpoints, parse_fractions, parse_lengths, parse_models, run_study
+    from recbole_cmi.tools.robustness_report import read_study_csv
 
     fractions = parse_fractions(args.p)
     lengths = parse_lengths(args.lengths)
+    merged = [
+        read_study_csv(path.strip(), args.topk, args.seed) for path in (args.merge or "").split(",") if path.strip()
+    ]
     specs = (parse_models(args.models) if args.models else []) + (
         parse_checkpoints(args.checkpoints) if args.checkpoints else []
     )
@@ -357,6 +368,7 @@ def _robustness(args, config_dict: dict) -> int:
         topk=args.topk,
         trust_checkpoint=args.trust_checkpoint,
         lengths=lengths,
+        merged=merged,
     )
     print(f"wrote {os.path.join(args.out, args.prefix)}.md, .csv, .png")
     failed = [r for r in rows if r["error"]]

@@ -44,7 +44,7 @@ from recbole_cmi.tools.robustness_loaders import (
     length_loader,
     perturbed_loader,
 )
-from recbole_cmi.tools.robustness_report import LENGTH, result_rows, write_study
+from recbole_cmi.tools.robustness_report import LENGTH, merge_runs, result_rows, write_study
 
 # label -> (model, config overrides): the ablations of docs/cmi.md §6.2 by name.
 ALIASES = {
@@ -232,8 +232,9 @@ def run_study(specs, dataset, fractions, seed=2022, out="reports/robustness", pr
     """Train (or load) every model, evaluate it under noise, write ``<prefix>.{csv,md,png}`` into ``out``.
 
     ``kwargs``: ``config_files``, ``config_dict`` (shared by every trained model; a spec's own
-    keys win), ``topk``, ``trust_checkpoint`` and ``lengths`` (edges of the history-length buckets,
-    :func:`parse_lengths`; None: no buckets). Checkpoints under one label are runs of one model
+    keys win), ``topk``, ``trust_checkpoint``, ``lengths`` (edges of the history-length buckets,
+    :func:`parse_lengths`; None: no buckets) and ``merged`` (the rows of earlier studies with the same seed,
+    :func:`recbole_cmi.tools.robustness_report.read_study_csv`, published before this study's own). Checkpoints under one label are runs of one model
     (checked before any training, :func:`check_runs`). A model that fails is reported (``error``)
     and the others go on; a given checkpoint that cannot be read safely stops the study before any
     training (a :class:`recbole_cmi.errors.CheckpointError`).
@@ -249,7 +250,11 @@ def run_study(specs, dataset, fractions, seed=2022, out="reports/robustness", pr
     topk = int(kwargs.get("topk", 20))
     lengths = kwargs.get("lengths")
     fixed, labels = assign_labels(specs, saved)
-    rows, failures, runs, max_lengths = [], [], {}, {}
+    rows = merge_runs(list(kwargs.get("merged") or []))
+    failures, max_lengths = [], {r["model"]: r["max_length"] for r in rows if r.get("max_length") not in ("", None)}
+    runs = {}
+    for row in rows:
+        runs[row["model"]] = max(runs.get(row["model"], 0), row["run"])
     for spec, fixed_label in zip(specs, fixed):
         label = fixed_label or spec.checkpoint
         checkpoint = spec.checkpoint
@@ -267,9 +272,13 @@ def run_study(specs, dataset, fractions, seed=2022, out="reports/robustness", pr
                 while label in labels:
                     label += "'"
                 labels.add(label)
+            earlier = {r["base_model"] for r in rows if r["model"] == label and r.get("base_model")}
+            if earlier and earlier != {config["model"]}:
+                raise ToolError(f"label {label}: {config['model']} here, {'/'.join(sorted(earlier))} in --merge")
             runs[label] = runs.get(label, 0) + 1
             max_lengths.setdefault(label, config["MAX_ITEM_LIST_LENGTH"])
             base = {"model": label, "base_model": config["model"], "dataset": config["dataset"], "run": runs[label]}
+            base.update(seed=seed, max_length=config["MAX_ITEM_LIST_LENGTH"])
             rows += result_rows(base, results, topk, checkpoint)
         except Exception as err:  # one model's failure must not lose the others
             message = (str(err).strip().splitlines() or [""])[0]
@@ -284,9 +293,10 @@ def run_study(specs, dataset, fractions, seed=2022, out="reports/robustness", pr
                     "run": runs[label],
                     "checkpoint": str(checkpoint or ""),
                     "error": message,
+                    "seed": seed,
                 }
             )
-    if len(failures) == len(specs):
+    if specs and len(failures) == len(specs):
         raise ToolError("every model failed: " + "; ".join(f"{label}: {msg}" for label, msg in failures))
     write_study(rows, Path(out), prefix, fractions, topk, seed, max_lengths)
     return rows

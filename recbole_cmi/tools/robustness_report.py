@@ -1,6 +1,8 @@
 """The robustness study's files: ``<prefix>.csv`` (one row per model run and perturbation or history-length
 bucket), ``<prefix>.md`` (per label the mean over its runs ± their sample sd, and the share of the clean value
-kept) and ``<prefix>.png`` (Recall@k against p, per perturbation).
+kept) and ``<prefix>.png`` (Recall@k against p, per perturbation). An earlier study's csv can be read back
+(:func:`read_study_csv`) and published with a new one (``--merge``): the csv records the perturbation seed, so
+runs evaluated in different processes are merged only when they saw the same perturbed histories.
 """
 
 from __future__ import annotations
@@ -25,6 +27,72 @@ def write_study(rows, out: Path, prefix: str, fractions, topk: int, seed: int, m
     write_plot(rows, fractions, topk, out / f"{prefix}.png")
 
 
+def read_study_csv(path, topk: int, seed: int) -> list[dict]:
+    """The rows of an earlier study's ``<prefix>.csv``, typed as :func:`result_rows` makes them (``--merge``).
+
+    Refused with one line (a :class:`recbole_cmi.tools.common.ToolError` naming the file and line) when the file
+    is missing or not a study csv, was written with another ``--topk``, or its perturbations used another seed
+    (or none was recorded: written before the csv had the column).
+    """
+    from recbole_cmi.tools.common import ToolError
+
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            found = list(reader)
+            columns = reader.fieldnames or []
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ToolError(f"--merge: cannot read {path}: {err}") from err
+    missing = [c for c in CSV_COLUMNS if c not in columns]
+    if missing and set(missing) <= {"seed", "max_length"}:
+        raise ToolError(f"--merge: {path} records no perturbation seed (written before the csv had one): rerun it")
+    if missing:
+        raise ToolError(f"--merge: {path} is not a robustness study csv (no {', '.join(missing)} column)")
+    metrics = [f"recall@{topk}", f"ndcg@{topk}"]
+    if any(c not in columns for c in metrics):
+        raise ToolError(f"--merge: {path} has no {metrics[0]} column: a study with another --topk")
+    rows = []
+    for line, row in enumerate(found, start=2):
+        try:
+            if int(row["seed"]) != seed:
+                raise ToolError(f"--merge: {path} line {line}: perturbation seed {row['seed']}, this study's is {seed}")
+            typed = {**row, "run": int(row["run"]), "seed": int(row["seed"])}
+            typed["p"] = float(row["p"]) if row["p"] != "" else ""
+            typed["users"] = int(row["users"]) if row["users"] != "" else ""
+            typed["max_length"] = int(row["max_length"]) if row["max_length"] != "" else ""
+            for metric in metrics:
+                typed[metric] = float(row[metric]) if row[metric] != "" else ""
+        except (TypeError, ValueError) as err:
+            if isinstance(err, ToolError):
+                raise
+            raise ToolError(f"--merge: {path} line {line}: {err}") from err
+        rows.append(typed)
+    return rows
+
+
+def merge_runs(studies: list[list[dict]]) -> list[dict]:
+    """The rows of several studies as one: each label's runs numbered 1, 2, ... in the order given.
+
+    The same checkpoint evaluated twice under one label is refused (it would count as two seeds).
+    """
+    from recbole_cmi.tools.common import ToolError
+
+    merged, next_run, seen = [], {}, {}
+    for rows in studies:
+        renumber = {}
+        for row in rows:
+            key = (row["model"], row["run"])
+            if key not in renumber:
+                renumber[key] = next_run[row["model"]] = next_run.get(row["model"], 0) + 1
+                checkpoint = (row["model"], row["checkpoint"])
+                if row["checkpoint"] and checkpoint in seen:
+                    raise ToolError(f"--merge: {row['checkpoint']} appears twice under {row['model']}")
+                seen[checkpoint] = True
+            merged.append({**row, "run": renumber[key]})
+    return merged
+
+
 def result_rows(base: dict, results: dict, topk: int, checkpoint) -> list[dict]:
     """The csv rows of one evaluated run: ``base`` (its model, run, ...) and, per ``(perturbation, p or bucket)``
     of ``results`` (:func:`recbole_cmi.tools.robustness.evaluate_under_noise`), its users and metrics."""
@@ -44,9 +112,12 @@ def result_rows(base: dict, results: dict, topk: int, checkpoint) -> list[dict]:
     ]
 
 
+CSV_COLUMNS = ("model", "base_model", "dataset", "run", "perturbation", "p", "bucket", "users")
+CSV_COLUMNS += ("checkpoint", "error", "seed", "max_length")  # and recall@k, ndcg@k after "users"
+
+
 def write_csv(rows, path, topk):
-    columns = ["model", "base_model", "dataset", "run", "perturbation", "p", "bucket", "users"]
-    columns += [f"recall@{topk}", f"ndcg@{topk}", "checkpoint", "error"]
+    columns = list(CSV_COLUMNS[:8]) + [f"recall@{topk}", f"ndcg@{topk}"] + list(CSV_COLUMNS[8:])
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()

@@ -383,6 +383,52 @@ CLEAN_DROP_REPLACE = (("drop", "0.0"), ("drop", "0.5"), ("replace", "0.5"))
 
 
 @pytest.mark.e2e
+def test_robustness_merges_a_study_split_over_processes_into_the_one_it_would_have_been(
+    seeds_run, cmi_checkpoint, robustness_run, tmp_path
+):
+    status, _, stderr, whole, second = seeds_run
+    sasrec = _checkpoints(robustness_run)["SASRec"]
+    common = ["--p", "0,0.5", "--lengths", "4,7,9"]
+    status, _, stderr = call(
+        verb("robustness"), [f"--checkpoints=CMI={cmi_checkpoint}", "--out", str(tmp_path / "a")] + common
+    )
+    assert status == 0, stderr
+    part = str(tmp_path / "a" / "robustness.csv")
+    argv = [f"--checkpoints=CMI={second},SASRec={sasrec}", f"--merge={part}", "--out", str(tmp_path / "b")]
+    status, _, stderr = call(verb("robustness"), argv + common)
+    assert status == 0, stderr
+    # the same runs, numbered in the same order: the same tables as the study run in one process
+    assert (tmp_path / "b" / "robustness.md").read_text(encoding="utf-8") == (whole / "robustness.md").read_text(
+        encoding="utf-8"
+    )
+    merged = list(csv.DictReader(open(tmp_path / "b" / "robustness.csv", encoding="utf-8")))
+    assert {r["seed"] for r in merged} == {"2022"} and {r["max_length"] for r in merged} == {"10"}
+    # a merge alone republishes
+    status, _, stderr = call(
+        verb("robustness"), [f"--merge={tmp_path / 'b' / 'robustness.csv'}", "--out", str(tmp_path / "c")] + common
+    )
+    assert status == 0, stderr
+    assert (tmp_path / "c" / "robustness.md").read_text(encoding="utf-8") == (whole / "robustness.md").read_text(
+        encoding="utf-8"
+    )
+    # other perturbations, the same run twice, a csv without the seed column: one line each, nothing written
+    for extra, message in (
+        (["--seed", "7"], f"error: --merge: {part} line 2: perturbation seed 2022, this study's is 7"),
+        ([f"--merge={part},{part}"], f"error: --merge: {cmi_checkpoint} appears twice under CMI"),
+    ):
+        status, _, stderr = call(verb("robustness"), [f"--merge={part}", "--out", str(tmp_path / "x")] + extra)
+        assert (status, stderr.strip().splitlines()) == (2, [message])
+    old = tmp_path / "old.csv"
+    old.write_text("\n".join(",".join(c for c in line.split(",")[:-2]) for line in open(part).read().splitlines()))
+    status, _, stderr = call(verb("robustness"), [f"--merge={old}", "--out", str(tmp_path / "x")])
+    assert status == 2
+    assert stderr.strip().splitlines() == [
+        f"error: --merge: {old} records no perturbation seed (written before the csv had one): rerun it"
+    ]
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.e2e
 def test_robustness_refuses_runs_of_different_models_under_one_label(cmi_checkpoint, robustness_run, tmp_path):
     sasrec = _checkpoints(robustness_run)["SASRec"]
     argv = [f"--checkpoints=CMI={cmi_checkpoint},CMI={sasrec}", "--out", str(tmp_path / "x")]
