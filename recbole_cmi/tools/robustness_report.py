@@ -54,9 +54,9 @@ def read_study_csv(path, topk: int, seed: int) -> list[dict]:
         raise ToolError(f"--merge: {path} has no {metrics[0]} column: a study with another --topk")
     rows = []
     for line, row in enumerate(found, start=2):
+        if row["seed"] != str(seed):
+            raise ToolError(f"--merge: {path} line {line}: perturbation seed {row['seed']}, this study's is {seed}")
         try:
-            if int(row["seed"]) != seed:
-                raise ToolError(f"--merge: {path} line {line}: perturbation seed {row['seed']}, this study's is {seed}")
             typed = {**row, "run": int(row["run"]), "seed": int(row["seed"])}
             typed["p"] = float(row["p"]) if row["p"] != "" else ""
             typed["users"] = int(row["users"]) if row["users"] != "" else ""
@@ -64,8 +64,6 @@ def read_study_csv(path, topk: int, seed: int) -> list[dict]:
             for metric in metrics:
                 typed[metric] = float(row[metric]) if row[metric] != "" else ""
         except (TypeError, ValueError) as err:
-            if isinstance(err, ToolError):
-                raise
             raise ToolError(f"--merge: {path} line {line}: {err}") from err
         rows.append(typed)
     return rows
@@ -78,7 +76,7 @@ def merge_runs(studies: list[list[dict]]) -> list[dict]:
     """
     from recbole_cmi.tools.common import ToolError
 
-    merged, next_run, seen = [], {}, {}
+    merged, next_run, seen = [], {}, set()
     for rows in studies:
         renumber = {}
         for row in rows:
@@ -88,7 +86,7 @@ def merge_runs(studies: list[list[dict]]) -> list[dict]:
                 checkpoint = (row["model"], row["checkpoint"])
                 if row["checkpoint"] and checkpoint in seen:
                     raise ToolError(f"--merge: {row['checkpoint']} appears twice under {row['model']}")
-                seen[checkpoint] = True
+                seen.add(checkpoint)
             merged.append({**row, "run": renumber[key]})
     return merged
 
