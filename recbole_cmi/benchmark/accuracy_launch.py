@@ -13,7 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-from recbole_cmi.benchmark.accuracy_settings import BenchmarkSettings, RunModel, config_sha, display_path
+from recbole_cmi.benchmark.accuracy_settings import (
+    BenchmarkSettings,
+    RunModel,
+    config_sha,
+    display_path,
+    legacy_config_sha,
+)
 from recbole_cmi.benchmark.report_runs import cell_number, hit_cap, read_runs
 from recbole_cmi.errors import ConfigValueError
 from recbole_cmi.files import plain, write_json
@@ -160,9 +166,11 @@ def previous_rows(csv_path: Path, settings: BenchmarkSettings, shared: dict, tun
     the cap went up). A run that early stopping ended is the same run under any higher cap, so it is kept (under
     this config's sha); a run that reached the old cap is dropped, so it runs again.
     """
-    sha = config_sha(settings, shared)
+    sha, legacy = config_sha(settings, shared), legacy_config_sha(settings, shared)
     rows, raised = [], []
     for row in read_runs(csv_path):
+        if row.get("config_sha") == legacy:  # written before the sha hashed contents, not paths: the same config
+            row = {**row, "config_sha": sha}
         if row.get("config_sha") != sha and _lower_cap_of(row, settings, shared):
             if row.get("status") == "ok" and not hit_cap(row):
                 row = {**row, "config_sha": sha}
@@ -199,4 +207,5 @@ def _lower_cap_of(row: dict, settings: BenchmarkSettings, shared: dict) -> bool:
     cap = cell_number(row.get("epochs"))
     if not isinstance(shared.get("epochs"), int) or cap is None or not cap.is_integer() or cap >= shared["epochs"]:
         return False
-    return row.get("config_sha") == config_sha(settings, {**shared, "epochs": int(cap)})
+    lower = {**shared, "epochs": int(cap)}
+    return row.get("config_sha") in (config_sha(settings, lower), legacy_config_sha(settings, lower))

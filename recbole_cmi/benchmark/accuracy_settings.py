@@ -135,14 +135,43 @@ def shared_config(settings: BenchmarkSettings) -> dict:
 
 
 def config_sha(settings: BenchmarkSettings, shared: dict) -> str:
+    """What ``--resume`` compares: the dataset, protocol, shared config and the config files' contents.
+
+    Under ``--tuned`` only the fact is hashed, not the folder: each row's ``tuned_sha`` pins its tuned file's
+    content, so a copy of the tuned folder elsewhere (or the package installed elsewhere) resumes the same runs.
+    """
+    key = {
+        "dataset": settings.dataset,
+        "protocol": settings.protocol,
+        "config_file_shas": [_file_sha(path) for path in settings.config_files],
+        "shared": shared,
+    }
+    if settings.tuned:
+        key["tuned"] = "per-row tuned_sha"
+    return _sha_of(key)
+
+
+def legacy_config_sha(settings: BenchmarkSettings, shared: dict) -> str:
+    """The sha of csv rows written by earlier versions, which hashed the config files' and the tuned folder's paths."""
     key = {
         "dataset": settings.dataset,
         "protocol": settings.protocol,
         "config_files": [os.path.abspath(p) for p in settings.config_files],
         "shared": shared,
     }
-    if settings.tuned:  # only then: csv files of earlier versions keep their sha
+    if settings.tuned:
         key["tuned_dir"] = str(tuned_dir(settings.tuned))
+    return _sha_of(key)
+
+
+def _file_sha(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:  # checked before any run; a file that vanished since is told apart by its path
+        return os.path.abspath(path)
+
+
+def _sha_of(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

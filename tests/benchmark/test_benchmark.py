@@ -462,6 +462,34 @@ def test_an_interrupted_run_continues_from_its_last_checkpoint_with_resume(tiny_
     assert not (Path(given.work_dir) / "SASRec-seed2022" / "saved").exists()  # cleaned up once it ended
 
 
+def test_resume_hashes_contents_not_folders_and_restamps_rows_of_the_older_path_sha(tiny_data_root, tmp_path):
+    from recbole_cmi.benchmark.accuracy_launch import previous_rows
+    from recbole_cmi.benchmark.accuracy_settings import legacy_config_sha
+
+    for name in ("one", "two"):  # the same tuned file and shared config file, in two folders
+        (tmp_path / name / "tiny").mkdir(parents=True)
+        (tmp_path / name / "tiny" / "SASRec.yaml").write_text("learning_rate: 0.001\n")
+        (tmp_path / name / "shared.yaml").write_text("train_batch_size: 64\n")
+    first, second = (
+        settings(tiny_data_root, tmp_path, resume=True, tuned=str(tmp_path / name), models=["SASRec"],
+                 config_files=[str(tmp_path / name / "shared.yaml")])
+        for name in ("one", "two")
+    )  # fmt: skip
+    shared = shared_config(first)
+    assert shared == shared_config(second)
+    assert config_sha(first, shared) == config_sha(second, shared)  # a copied folder is the same config
+    assert legacy_config_sha(first, shared) != legacy_config_sha(second, shared)  # the old sha hashed the paths
+    row = {"dataset": "tiny", "protocol": "loo", "model": "SASRec", "seed": "2022", "status": "ok", "epochs": "2"}
+    csv_path = tmp_path / "loo.csv"
+    report_runs.write_runs(csv_path, [{**row, "config_sha": legacy_config_sha(first, shared)}])
+    (kept,) = previous_rows(csv_path, first, shared, {})
+    assert kept["config_sha"] == config_sha(first, shared)  # an earlier version's row of this config is kept
+    with pytest.raises(ConfigValueError, match="another shared config"):  # without --tuned it is another config
+        previous_rows(csv_path, dataclasses.replace(first, tuned=None), shared, {})
+    (tmp_path / "two" / "shared.yaml").write_text("train_batch_size: 32\n")  # same path, other contents
+    assert config_sha(second, shared) != config_sha(first, shared)
+
+
 def test_a_higher_epoch_cap_keeps_the_runs_early_stopping_ended_and_reruns_the_capped(tiny_data_root, tmp_path, capsys):
     from recbole_cmi.benchmark.accuracy_launch import previous_rows
 
