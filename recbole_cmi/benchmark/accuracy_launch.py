@@ -19,6 +19,7 @@ from recbole_cmi.benchmark.accuracy_settings import (
     config_sha,
     display_path,
     legacy_config_sha,
+    tuned_header,
 )
 from recbole_cmi.benchmark.report_runs import cell_number, hit_cap, read_runs
 from recbole_cmi.errors import ConfigValueError
@@ -103,6 +104,7 @@ def run_one(
         row["tuned_file"] = display_path(tuned[0])
         row["tuned_values"] = json.dumps(plain(tuned[1]), separators=(", ", ": "))
         row["tuned_sha"] = tuned[2]
+        row["tuned_header"] = tuned_header(tuned[0])
     command = [sys.executable, "-m", "recbole_cmi.benchmark", "accuracy", f"--run_spec={spec_path}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     package_root = str(Path(__file__).resolve().parents[2])  # the child imports this very recbole_cmi
@@ -199,6 +201,10 @@ def previous_rows(csv_path: Path, settings: BenchmarkSettings, shared: dict, tun
             f"--resume: the tuned file of {', '.join(changed)} changed since its runs in {csv_path} (tuned_sha): "
             "their numbers are of other values; run without --resume to start afresh"
         )
+    for index, row in enumerate(rows):  # rows of earlier versions: the header of the very file they ran (same sha)
+        source = tuned.get(row["model"])
+        if not row.get("tuned_header") and source and row.get("tuned_sha") == source[2]:
+            rows[index] = {**row, "tuned_header": tuned_header(source[0])}
     return rows
 
 

@@ -215,6 +215,21 @@ def tuned_source(
     return path, values, hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def tuned_header(path: Path) -> str:
+    """The comment lines that head a tuned file, joined: how its values were chosen (``benchmark tune`` writes the
+    search there; a hand-written file should say where its values come from)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    header = []
+    for line in lines:
+        if not line.strip().startswith("#"):
+            break
+        header.append(line.strip().lstrip("#").strip())
+    return " ".join(part for part in header if part)
+
+
 def display_path(path: Path) -> str:
     """``path`` relative to the working folder where it lies below it (tables name files portably), else absolute."""
     try:

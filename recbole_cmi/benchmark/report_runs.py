@@ -64,6 +64,7 @@ RUN_COLUMNS = [
     "tuned_file",
     "tuned_values",
     "tuned_sha",
+    "tuned_header",
 ]
 
 TRAILING_COLUMNS = ["valid_curve"]  # after the test metrics: long json cells

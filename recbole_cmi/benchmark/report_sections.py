@@ -220,10 +220,11 @@ def tuned_section(rows: list[dict], models: list[str], tuned: str | None) -> lis
         return []
     if tuned:
         intro = (
-            f"Every model ran with its file in `{tuned}` (`--tuned`: the values of the same validation search for "
-            "every model, `python -m recbole_cmi.benchmark tune`; each file's header names that search) over its "
-            "published defaults (`properties/model/<Model>.yaml`, RecBole's own for core models); the package's "
-            "own tuned layer was off (`use_tuned_values: False`)."
+            f"Every model ran with its file in `{tuned}` (`--tuned`) over its published defaults "
+            "(`properties/model/<Model>.yaml`, RecBole's own for core models); the package's own tuned layer was off "
+            "(`use_tuned_values: False`). *How chosen* is the file's header comment: `python -m recbole_cmi.benchmark "
+            "tune` writes there the search that produced the values, the same search for every model; a file "
+            "written by hand says where its values come from."
         )
     else:
         intro = (
@@ -235,15 +236,26 @@ def tuned_section(rows: list[dict], models: list[str], tuned: str | None) -> lis
         runs = [row for row in finished if row["model"] == model]
         variants: dict[tuple, int] = {}
         for row in runs:
-            key = (row.get("tuned_file") or "", row.get("tuned_values") or "")
+            key = (row.get("tuned_file") or "", row.get("tuned_values") or "", row.get("tuned_header") or "")
             variants[key] = variants.get(key, 0) + 1
         variant = next((row.get("variant") for row in runs if row.get("variant")), "")
         name = f"{model} (`{variant}`)" if variant and variant != model else model  # a variant's own settings
-        for (path, values), count in variants.items():
+        for (path, values, header), count in variants.items():
             shown = _tuned_values_text(values) if path else "– (published defaults)"
-            table.append([name, path or "–", shown, count])
-    table_text = markdown_table(["model", "tuned file", "values", "runs"], table, "lllr")
+            table.append([name, path or "–", shown, _first_sentence(header) if path else "–", count])
+    table_text = markdown_table(["model", "tuned file", "values", "how chosen", "runs"], table, "llllr")
     return ["## Tuned values", "", intro, "", *table_text.split("\n")]
+
+
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """A tuned file's header, shortened for a table cell: its first sentence, at most ``limit`` characters (the csv
+    keeps all of it, ``tuned_header``)."""
+    text = " ".join(text.split())
+    if not text:
+        return "–"
+    end = text.find(". ")
+    sentence = text if end < 0 else text[: end + 1]
+    return sentence if len(sentence) <= limit else sentence[: limit - 1].rstrip() + "…"
 
 
 def _tuned_values_text(values: str) -> str:

@@ -490,6 +490,31 @@ def test_resume_hashes_contents_not_folders_and_restamps_rows_of_the_older_path_
     assert config_sha(second, shared) != config_sha(first, shared)
 
 
+def test_the_tuned_table_says_how_each_files_values_were_chosen(tmp_path):
+    from recbole_cmi.benchmark.accuracy_launch import previous_rows
+    from recbole_cmi.benchmark.accuracy_settings import tuned_header
+
+    tuned_file = tmp_path / "GRU4Rec.yaml"
+    text = "# GRU4Rec at RecBole's defaults (no search yet). A second sentence.\n#\n# More.\nlearning_rate: 0.001\n"
+    tuned_file.write_text(text)
+    assert tuned_header(tuned_file) == "GRU4Rec at RecBole's defaults (no search yet). A second sentence. More."
+    given, shared, sha = BenchmarkSettings(dataset="tiny", models=["GRU4Rec"], seeds=1), {"epochs": 2}, "0123456789ab"
+    row = {"model": "GRU4Rec", "seed": "2022", "status": "ok", "config_sha": config_sha(given, shared),
+           "tuned_file": str(tuned_file), "tuned_values": '{"learning_rate": 0.001}', "tuned_sha": sha}  # fmt: skip
+    csv_path = tmp_path / "loo.csv"
+    report_runs.write_runs(csv_path, [row])  # a row of an earlier version: no tuned_header column
+    (kept,) = previous_rows(csv_path, given, shared, {"GRU4Rec": (tuned_file, {}, sha)})  # the same file (sha)
+    (other,) = previous_rows(csv_path, given, shared, {})  # no tuned file vouches for it: left empty
+    assert kept["tuned_header"] == tuned_header(tuned_file) and not other.get("tuned_header")
+    table = unpadded("\n".join(report_sections.tuned_section([kept], ["GRU4Rec"], str(tmp_path))))
+    assert (
+        f"| GRU4Rec | {tuned_file} | learning_rate: 0.001 | GRU4Rec at RecBole's defaults (no search yet). | 1 |"
+        in table
+    )
+    long = {**kept, "tuned_header": "x" * 300}
+    assert "| " + "x" * 199 + "… |" in unpadded("\n".join(report_sections.tuned_section([long], ["GRU4Rec"], "d")))
+
+
 def test_a_higher_epoch_cap_keeps_the_runs_early_stopping_ended_and_reruns_the_capped(tiny_data_root, tmp_path, capsys):
     from recbole_cmi.benchmark.accuracy_launch import previous_rows
 

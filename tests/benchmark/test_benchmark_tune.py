@@ -192,7 +192,11 @@ def test_a_search_writes_the_tuned_file_that_accuracy_tuned_runs_with(tiny_data_
     assert Path(row["tuned_file"]).name == "SASRec.yaml" and len(row["tuned_sha"]) == 12
     table = unpadded(outcome.md_path.read_text())
     shown = ", ".join(f"{key}: {value}" for key, value in values.items())
-    assert f"| SASRec | {row['tuned_file']} | {shown} | 1 |" in table and "(`--tuned`" in table
+    assert " ".join(row["tuned_header"].split()) == " ".join(
+        header.split()
+    )  # how the values were chosen, in the csv and (shortened) in the table
+    chosen = "SASRec on tiny: the best trial of the equal-budget validation search every model got (python -m"
+    assert f"| SASRec | {row['tuned_file']} | {shown} | {chosen}" in table and "(`--tuned`" in table
     # An edited tuned file makes the finished runs stale: --resume refuses to mix them.
     result.tuned_file.write_text(text.replace(f"learning_rate: {values['learning_rate']}", "learning_rate: 0.5"))
     with pytest.raises(ConfigValueError, match="the tuned file of SASRec changed"):
