@@ -53,8 +53,9 @@
   benchmark keeps what finished. ``--resume`` skips the runs that finished in that csv (failed ones
   run again); the csv must come from the same shared config (its ``config_sha``), except for a higher
   ``--epochs``: then the runs that early stopping ended are kept and those that reached the old cap run
-  again. With the same ``--work_dir``, a run that was interrupted continues from its last checkpoint
-  (``progress.json`` and the ``-last`` checkpoint in its folder) rather than from epoch 0.
+  on. With the same ``--work_dir``, a run that was interrupted continues from its last checkpoint
+  (``progress.json`` and the ``-last`` checkpoint in its folder) rather than from epoch 0; so does a run
+  that reached the cap (its folder keeps them) when ``--epochs`` goes up: epochs old cap + 1, ... only.
 * **Measured in the run's process**: the seconds of every training epoch and validation, of the
   test-set evaluation, the peak resident set size (``ru_maxrss``) and, on a GPU,
   ``torch.cuda.max_memory_allocated``.

@@ -76,12 +76,25 @@ def _interrupted_checkpoint(run_dir: Path, spec: dict) -> Path | None:
     from recbole_cmi.trainer_checkpoint import last_checkpoint_path
 
     earlier = _read_result(run_dir / "spec.json")
-    same = earlier is not None and all(earlier.get(k) == spec[k] for k in ("model", "config_files", "config_dict"))
-    if not same or not (run_dir / PROGRESS_FILE).is_file():
+    if earlier is None or not _same_training(earlier, spec) or not (run_dir / PROGRESS_FILE).is_file():
         return None
     best = [p for p in (run_dir / "saved").glob("*.pth") if not p.name.endswith("-last.pth")]
     lasts = [Path(last_checkpoint_path(p)) for p in best if Path(last_checkpoint_path(p)).is_file()]
     return lasts[0] if len(lasts) == 1 else None
+
+
+def _same_training(earlier: dict, spec: dict) -> bool:
+    """Whether ``spec`` continues ``earlier``'s training: the same model, config files and config, except that the
+    epoch cap may have gone up (the cap only says when to stop: epochs 1..old cap are the same training)."""
+    if any(earlier.get(key) != spec[key] for key in ("model", "config_files")):
+        return False
+    old, new = dict(earlier.get("config_dict") or {}), dict(spec["config_dict"])
+    old_cap, new_cap = old.pop("epochs", None), new.pop("epochs", None)
+    if old != new:
+        return False
+    if old_cap == new_cap:
+        return True
+    return all(isinstance(cap, int) and not isinstance(cap, bool) for cap in (old_cap, new_cap)) and new_cap > old_cap
 
 
 def run_one(
@@ -128,6 +141,9 @@ def run_one(
     else:
         row.update(status="failed", error=f"exit status {returncode}: {_last_line(log_path)}")
     row.setdefault("total_s", round(elapsed, 1))
+    if row.get("status") == "ok" and hit_cap(row):  # a higher --epochs with --resume continues it from here
+        print(f"  {model.label} seed {seed} reached the epoch cap: its last checkpoint stays in {run_dir}", flush=True)
+        return row
     _drop_checkpoints(run_dir / "saved", keep_best=settings.keep_checkpoints and row.get("status") == "ok")
     (run_dir / PROGRESS_FILE).unlink(missing_ok=True)  # ended (finished or failed): nothing to continue
     return row

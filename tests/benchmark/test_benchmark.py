@@ -122,7 +122,8 @@ def test_a_failing_model_is_recorded_and_the_others_continue(two_by_two):
     assert "| ComiRecSA | – |" in text and "| 0/2 |" in text  # no numbers for a model without a finished run
     assert (tmp_path / "work" / "ComiRecSA-seed2022" / "run.log").is_file()  # its log is kept
     assert rows[2]["eval_s"] == rows[2]["peak_rss_mib"] == ""  # measured only by a run that finished
-    assert not (tmp_path / "work" / "GRU4Rec-seed2022" / "saved").exists()  # checkpoints are not
+    assert not (tmp_path / "work" / "ComiRecSA-seed2022" / "saved").exists()  # a failed run's checkpoints are not
+    assert report_runs.hit_cap(rows[1]) and (tmp_path / "work" / "GRU4Rec-seed2022" / "saved").is_dir()  # at the cap
 
 
 @pytest.mark.e2e
@@ -430,7 +431,8 @@ def test_the_other_convention_is_the_number_of_a_run_configured_so(two_by_two, t
 
 @pytest.mark.e2e
 def test_an_interrupted_run_continues_from_its_last_checkpoint_with_resume(tiny_data_root, tmp_path, monkeypatch):
-    """Two benchmark runs of 4 epochs (the resumed one and a fresh one to compare): ~30 s on the shared cores."""
+    """Two benchmark runs of 4 epochs (the resumed one and a fresh one to compare) and one of 2 + 2 epochs (a raised
+    cap): ~45 s on the shared cores."""
     from recbole_cmi import trainer as trainer_module
     from recbole_cmi.benchmark import accuracy_launch, accuracy_worker
 
@@ -459,7 +461,18 @@ def test_an_interrupted_run_continues_from_its_last_checkpoint_with_resume(tiny_
     assert curves[0]["epoch"] == [1, 2, 3, 4] and curves[0]["ndcg@20"] == curves[1]["ndcg@20"]
     metrics = [key for key in fresh if key.startswith(("test_", "alt_test_"))]
     assert [resumed[key] for key in metrics] == [fresh[key] for key in metrics]  # the same training, exactly
-    assert not (Path(given.work_dir) / "SASRec-seed2022" / "saved").exists()  # cleaned up once it ended
+    assert (Path(given.work_dir) / "SASRec-seed2022" / "saved").is_dir()  # at its cap (4): kept for a higher one
+
+    # A run that reached a lower cap keeps its last checkpoint; raising --epochs trains it on from there.
+    capped = settings(
+        tiny_data_root, tmp_path / "c", models=["SASRec"], seeds=1, overrides={**four_epochs, "epochs": 2}
+    )
+    (low,) = report_runs.read_runs(run_benchmark(capped).csv_path)
+    assert report_runs.hit_cap(low) and (Path(capped.work_dir) / "SASRec-seed2022" / "progress.json").is_file()
+    raised = dataclasses.replace(capped, resume=True, overrides={**capped.overrides, "epochs": 4})
+    (high,) = report_runs.read_runs(run_benchmark(raised).csv_path)
+    assert (high["resumed_at_epoch"], high["epochs_run"]) == ("2", "4")
+    assert [high[key] for key in metrics] == [fresh[key] for key in metrics]  # epochs 3 and 4 only, the same result
 
 
 def test_resume_hashes_contents_not_folders_and_restamps_rows_of_the_older_path_sha(tiny_data_root, tmp_path):
@@ -561,12 +574,15 @@ def test_a_variant_is_a_row_of_its_own_with_its_settings_and_its_best_checkpoint
     spec = json.loads((Path(given.work_dir) / "GRU4Rec_deep-seed2022" / "spec.json").read_text())
     assert spec["model"] == "GRU4Rec" and spec["config_dict"]["num_layers"] == 2
     assert spec["config_dict"]["dropout_prob"] == 0.5
-    for label in rows:  # the best checkpoint stays (the -last one, resuming state, goes), and it is of its settings
-        (kept,) = (Path(given.work_dir) / f"{label}-seed2022" / "saved").glob("*.pth")
-        assert not kept.name.endswith("-last.pth")
     from recbole_cmi.checkpoint import load_checkpoint
 
-    (kept,) = (Path(given.work_dir) / "GRU4Rec_deep-seed2022" / "saved").glob("*.pth")
+    for label in rows:  # the best checkpoint stays, of its settings (at the 1-epoch cap the -last one stays too)
+        saved = sorted(p.name for p in (Path(given.work_dir) / f"{label}-seed2022" / "saved").glob("*.pth"))
+        best = [name for name in saved if not name.endswith("-last.pth")]
+        assert len(best) == 1 and saved == sorted([*best, best[0].replace(".pth", "-last.pth")])
+    (kept,) = (
+        p for p in (Path(given.work_dir) / "GRU4Rec_deep-seed2022" / "saved").glob("*.pth") if "-last" not in p.name
+    )
     assert load_checkpoint(str(kept))["config"]["num_layers"] == 2
 
 
