@@ -182,7 +182,8 @@ def previous_rows(csv_path: Path, settings: BenchmarkSettings, shared: dict, tun
 
     One difference is accepted: a higher ``--epochs`` than the rows had (the table flagged runs at the epoch cap and
     the cap went up). A run that early stopping ended is the same run under any higher cap, so it is kept (under
-    this config's sha); a run that reached the old cap is dropped, so it runs again.
+    this config's sha); a run that reached the old cap is dropped from the csv, so it runs on (from its last
+    checkpoint, which its folder keeps; from epoch 0 if that folder is gone).
     """
     sha, legacy = config_sha(settings, shared), legacy_config_sha(settings, shared)
     rows, raised = [], []

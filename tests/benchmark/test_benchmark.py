@@ -122,7 +122,6 @@ def test_a_failing_model_is_recorded_and_the_others_continue(two_by_two):
     assert "| ComiRecSA | – |" in text and "| 0/2 |" in text  # no numbers for a model without a finished run
     assert (tmp_path / "work" / "ComiRecSA-seed2022" / "run.log").is_file()  # its log is kept
     assert rows[2]["eval_s"] == rows[2]["peak_rss_mib"] == ""  # measured only by a run that finished
-    assert not (tmp_path / "work" / "ComiRecSA-seed2022" / "saved").exists()  # a failed run's checkpoints are not
     assert report_runs.hit_cap(rows[1]) and (tmp_path / "work" / "GRU4Rec-seed2022" / "saved").is_dir()  # at the cap
 
 
