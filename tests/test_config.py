@@ -194,6 +194,17 @@ def test_bundled_micro_video_is_found_from_any_cwd():
     assert config["MAX_ITEM_LIST_LENGTH"] == 50  # properties/dataset/micro_video.yaml applies
 
 
+def test_generated_noisy_preset_gets_micro_video_settings(tmp_path):
+    # `synthetic --preset micro_video_noisy --output dataset/micro_video_noisy` makes the same columns and catalogue:
+    # its yaml must give the same settings, not RecBole's defaults (batch 2048, history items ranked).
+    (tmp_path / "dataset" / "micro_video_noisy").mkdir(parents=True)  # cwd is tmp_path (conftest)
+    noisy = Config("SASRec", "micro_video_noisy", config_dict={"gpu_id": ""}, read_argv=False)
+    bundled = Config("SASRec", "micro_video", config_dict={"gpu_id": ""}, read_argv=False)
+    keys = ["MAX_ITEM_LIST_LENGTH", "train_batch_size", "exclude_history_items", "load_col", "user_inter_num_interval"]
+    assert [noisy[key] for key in keys] == [bundled[key] for key in keys]
+    assert noisy["train_batch_size"] == 256 and noisy["exclude_history_items"] is True
+
+
 def test_unknown_dataset_names_the_places_searched(tmp_path, monkeypatch):
     import recbole.data.dataset.dataset as recbole_dataset
 
